@@ -24,6 +24,8 @@ type File struct {
 	size  int64
 	block bool // a block device rather than a regular file
 
+	closed atomic.Bool
+
 	// Set once fallocate has said the mode is not supported here, so
 	// that later calls go straight to writing zeros.
 	noPunch, noZeroRange atomic.Bool
@@ -100,6 +102,9 @@ func (s *File) init() error {
 // control runs fn on the file descriptor, failing with os.ErrClosed once the
 // file is closed rather than racing with the close.
 func (s *File) control(fn func(fd int) error) error {
+	if s.closed.Load() {
+		return os.ErrClosed
+	}
 	rc, err := s.f.SyscallConn()
 	if err != nil {
 		return err
@@ -129,6 +134,9 @@ func (s *File) String() string {
 
 // ReadAt implements Store.
 func (s *File) ReadAt(p []byte, off int64) (int, error) {
+	if s.closed.Load() {
+		return 0, closedError("read")
+	}
 	if err := checkRange("read", off, int64(len(p)), s.size); err != nil {
 		return 0, err
 	}
@@ -145,6 +153,9 @@ func (s *File) ReadAt(p []byte, off int64) (int, error) {
 
 // WriteAt implements Store.
 func (s *File) WriteAt(p []byte, off int64) (int, error) {
+	if s.closed.Load() {
+		return 0, closedError("write")
+	}
 	if err := checkRange("write", off, int64(len(p)), s.size); err != nil {
 		return 0, err
 	}
@@ -177,6 +188,9 @@ func (s *File) WriteZeroes(off, length int64) error {
 }
 
 func (s *File) fallocate(op string, mode uint32, unsupported *atomic.Bool, off, length int64) error {
+	if s.closed.Load() {
+		return closedError(op)
+	}
 	if err := checkRange(op, off, length, s.size); err != nil {
 		return err
 	}
@@ -222,6 +236,9 @@ func (s *File) writeZeros(op string, off, length int64) error {
 
 // Close implements Store. It does not flush: call Flush first for durability.
 func (s *File) Close() error {
+	if s.closed.Swap(true) {
+		return closedError("close")
+	}
 	if err := s.f.Close(); err != nil {
 		return fmt.Errorf("store: %w", err)
 	}

@@ -48,9 +48,17 @@ func Open(spec string) (Store, error) {
 		if err != nil {
 			return nil, fmt.Errorf("store: %q: %w", spec, err)
 		}
-		return NewMem(size)
+		m, err := NewMem(size)
+		if err != nil {
+			return nil, err // not a typed nil in a non-nil Store
+		}
+		return m, nil
 	}
-	return OpenFile(spec)
+	f, err := OpenFile(spec)
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
 }
 
 // ParseSize parses a size in bytes: a decimal number with an optional binary
