@@ -14,7 +14,7 @@ import (
 
 // newFile makes a zero-filled (sparse) file of size bytes in a test
 // directory and opens it.
-func newFile(t *testing.T, size int64) (*File, string) {
+func newFile(t testing.TB, size int64) (*File, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "ns.img")
 	f, err := os.Create(path)
@@ -36,7 +36,7 @@ func newFile(t *testing.T, size int64) (*File, string) {
 }
 
 // allocatedBytes is how much of the file's data the file system holds (st_blocks).
-func allocatedBytes(t *testing.T, path string) int64 {
+func allocatedBytes(t testing.TB, path string) int64 {
 	t.Helper()
 	var st syscall.Stat_t
 	if err := syscall.Stat(path, &st); err != nil {
