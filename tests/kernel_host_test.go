@@ -1,0 +1,131 @@
+package tests
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Namespaces of TestKernelHost: small, because the kernel runs under TCG
+// emulation where KVM does not work (about 6 MB/s of reads).
+const (
+	khNQN      = "nqn.2026-01.io.nvmefs:tests-kernel-host"
+	khNS1Size  = 8 << 20 // nsid 1
+	khNS2Size  = 4 << 20 // nsid 2
+	khHostTime = 120 * time.Second
+)
+
+// TestKernelHost runs the Linux kernel's NVMe/TCP host (in QEMU, through the
+// kernel-nvme harness) against `nvmefs serve`: it must read both namespaces
+// whole with the right SHA-256 and pattern, and write, read back and restore
+// 1 MiB at the end of each, with and without digests, on several I/O queues,
+// and with reads split into several C2HData PDUs.
+func TestKernelHost(t *testing.T) {
+	peer := needKernelPeer(t)
+	dir := t.TempDir()
+	ns1 := filepath.Join(dir, "ns1.img")
+	ns2 := filepath.Join(dir, "ns2.img")
+	sha1 := writePatternFile(t, ns1, khNS1Size, 1)
+	sha2 := writePatternFile(t, ns2, khNS2Size, 2)
+
+	for _, v := range []struct {
+		name   string
+		serve  []string // more serve flags
+		host   []string // more host.sh settings
+		queues int      // I/O queues the kernel is expected to set up
+	}{
+		{"digests", []string{"--allow-host", knvmeHostNQN}, []string{"HDGST=1", "DDGST=1", "NR_IO_QUEUES=2"}, 2},
+		{"no-digests", nil, []string{"HDGST=0", "DDGST=0", "NR_IO_QUEUES=2"}, 2},
+		{"header-digest-one-queue", nil, []string{"HDGST=1", "DDGST=0", "NR_IO_QUEUES=1", "QUEUE_SIZE=32"}, 1},
+		{"multi-pdu-reads", []string{"--max-c2h-data", "8192"}, []string{"HDGST=1", "DDGST=1", "NR_IO_QUEUES=2"}, 2},
+	} {
+		t.Run(v.name, func(t *testing.T) {
+			args := append([]string{"--nqn", khNQN, "--ns", ns1, "--ns", ns2}, v.serve...)
+			srv := startServe(t, args...)
+			res := peer.RunHost(t, hostRun{
+				Port:    srv.Port,
+				NQN:     khNQN,
+				Timeout: khHostTime,
+				Env: append([]string{"WRITE_TEST=1", "PATTERN_CHECK=1",
+					"EXPECT_SHA256_NS1=" + sha1, "EXPECT_SHA256_NS2=" + sha2}, v.host...),
+			})
+			t.Logf("host.sh took %v: %s", res.Duration.Round(100*time.Millisecond), res.Result)
+			srv.Stop(t)
+			ok := checkKernelHostRun(t, res, v.queues, sha1, sha2)
+			if !ok || t.Failed() {
+				t.Logf("guest console (nvme lines):\n%s", res.nvmeExcerpt())
+				t.Logf("nvmefs serve log:\n%s", tail(srv.Log(), 60))
+			}
+			// The write test restores what it wrote: the files must hold the
+			// pattern again, flushed by the stop. Restore them for the next
+			// variant if not.
+			for _, ns := range []struct {
+				path string
+				sha  string
+				size int64
+				nsid uint32
+			}{{ns1, sha1, khNS1Size, 1}, {ns2, sha2, khNS2Size, 2}} {
+				if got := fileSHA256(t, ns.path); got != ns.sha {
+					t.Errorf("%s after the run: sha256 %s, want the original %s", filepath.Base(ns.path), got, ns.sha)
+					writePatternFile(t, ns.path, ns.size, ns.nsid)
+				}
+				if fi, err := os.Stat(ns.path); err != nil || fi.Size() != ns.size {
+					t.Errorf("%s after the run: %v, size want %d", filepath.Base(ns.path), err, ns.size)
+				}
+			}
+		})
+	}
+}
+
+// checkKernelHostRun checks host.sh's verdict and what the guest saw.
+func checkKernelHostRun(t *testing.T, res *hostResult, queues int, sha1, sha2 string) bool {
+	t.Helper()
+	before := t.Failed()
+	if !res.Pass {
+		t.Errorf("kernel host did not pass (host.sh: %v): %q", res.Err, res.Result)
+		return false
+	}
+	if got, want := res.Controller()["queue_count"], strconv.Itoa(queues+1); got != want {
+		t.Errorf("controller queue_count %q, want %s (admin + %d I/O queues)", got, want, queues)
+	}
+	byNSID := map[string]map[string]string{}
+	for dev, ns := range res.Namespaces() {
+		ns["dev"] = dev
+		byNSID[ns["nsid"]] = ns
+	}
+	writes := res.Writes()
+	for _, want := range []struct {
+		nsid, size, sha string
+	}{
+		{"1", strconv.Itoa(khNS1Size), sha1},
+		{"2", strconv.Itoa(khNS2Size), sha2},
+	} {
+		ns := byNSID[want.nsid]
+		if ns == nil {
+			t.Errorf("the kernel host saw no namespace %s (namespaces: %v)", want.nsid, res.Namespaces())
+			continue
+		}
+		if ns["size"] != want.size || ns["sha256"] != want.sha || ns["pattern"] != "ok" || ns["lba"] != "512" {
+			t.Errorf("namespace %s as the kernel saw it: %v; want size=%s lba=512 sha256=%s pattern=ok", want.nsid, ns, want.size, want.sha)
+		}
+		if w := writes[ns["dev"]]; w["readback"] != "ok" || w["restore"] != "ok" {
+			t.Errorf("write test on %s: %v; want readback=ok restore=ok", ns["dev"], w)
+		}
+	}
+	if len(byNSID) != 2 {
+		t.Errorf("the kernel host saw %d namespaces, want 2: %v", len(byNSID), res.Namespaces())
+	}
+	return t.Failed() == before
+}
+
+// tail is the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = append([]string{"..."}, lines[len(lines)-n:]...)
+	}
+	return strings.Join(lines, "\n")
+}
