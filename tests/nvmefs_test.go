@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -100,72 +101,73 @@ type serveProc struct {
 	stopped sync.Once
 }
 
-// Stop timeouts: how long serve may take to stop after SIGTERM (it flushes
-// file-backed namespaces), and how long to wait for it to start listening.
+// How long serve may take to stop after SIGTERM (it flushes file-backed
+// namespaces), and to start serving.
 const (
 	serveStopTimeout  = 15 * time.Second
 	serveReadyTimeout = 15 * time.Second
 )
 
-// startServe runs `nvmefs serve --listen 127.0.0.1:PORT args...` on a free
-// port and returns once the target answers an ICReq. The process is stopped
-// (and its exit status checked) in t.Cleanup, or earlier by Stop.
+// startServe runs `nvmefs serve --listen 127.0.0.1:0 args...`, reads the
+// address it bound from its "serving" log line, and returns once the target
+// answers an ICReq there. The process is stopped (and its exit status
+// checked) in t.Cleanup, or earlier by Stop.
 func startServe(t testing.TB, args ...string) *serveProc {
 	t.Helper()
 	bin := nvmefsBinary(t)
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		port := freePort(t)
-		p, err := tryStartServe(t, bin, port, args)
-		if err == nil {
-			return p
-		}
-		lastErr = err
-		if !strings.Contains(err.Error(), "address already in use") {
-			break
-		}
-	}
-	t.Fatalf("nvmefs serve: %v", lastErr)
-	return nil
-}
-
-func tryStartServe(t testing.TB, bin string, port int, args []string) (*serveProc, error) {
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	logFile, err := os.CreateTemp(t.TempDir(), "serve-*.log")
 	if err != nil {
-		return nil, err
+		t.Fatal(err)
 	}
 	defer logFile.Close() // the child has its own copy
-	argv := append([]string{"serve", "--listen", addr}, args...)
+	argv := append([]string{"serve", "--listen", "127.0.0.1:0"}, args...)
 	cmd := exec.Command(bin, argv...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
-		return nil, err
+		t.Fatalf("nvmefs serve: %v", err)
 	}
-	p := &serveProc{Addr: addr, Port: port, cmd: cmd, logPath: logFile.Name(), exited: make(chan struct{})}
+	p := &serveProc{cmd: cmd, logPath: logFile.Name(), exited: make(chan struct{})}
 	go func() {
 		p.waitErr = cmd.Wait()
 		close(p.exited)
 	}()
+	t.Cleanup(func() { p.Stop(t) })
 	t.Logf("started nvmefs %s (pid %d)", strings.Join(argv, " "), cmd.Process.Pid)
+
 	deadline := time.Now().Add(serveReadyTimeout)
+	var lastErr error
 	for {
-		err := icReqHandshake(addr, time.Second)
-		if err == nil {
-			t.Cleanup(func() { p.Stop(t) })
-			return p, nil
+		if p.Addr == "" {
+			if m := servingLine.FindStringSubmatch(p.Log()); m != nil {
+				p.Addr = m[1]
+				_, port, _ := net.SplitHostPort(p.Addr)
+				p.Port, _ = strconv.Atoi(port)
+				if p.Port == 0 {
+					p.kill()
+					t.Fatalf("nvmefs serve logged a bad listen address %q", p.Addr)
+				}
+			}
+		}
+		if p.Addr != "" {
+			if lastErr = icReqHandshake(p.Addr, time.Second); lastErr == nil {
+				return p
+			}
 		}
 		select {
 		case <-p.exited:
-			return nil, fmt.Errorf("exited before listening (%v); log:\n%s", p.waitErr, p.Log())
-		case <-time.After(50 * time.Millisecond):
+			t.Fatalf("nvmefs serve exited before serving (%v); log:\n%s", p.waitErr, p.Log())
+		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			p.kill()
-			return nil, fmt.Errorf("no ICResp on %s within %v (last: %v); log:\n%s", addr, serveReadyTimeout, err, p.Log())
+			t.Fatalf("nvmefs serve not ready within %v (address %q, last ICReq: %v); log:\n%s",
+				serveReadyTimeout, p.Addr, lastErr, p.Log())
 		}
 	}
 }
+
+// servingLine is serve's start log line, which gives the address bound.
+var servingLine = regexp.MustCompile(`msg=serving listen=(127\.0\.0\.1:[0-9]+)`)
 
 // icReqHandshake sends an ICReq without digests to addr and checks that an
 // ICResp comes back: the target is up and speaks NVMe/TCP.
