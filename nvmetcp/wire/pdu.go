@@ -204,7 +204,9 @@ func (p *Params) Seal(b []byte, dataLen int) []byte {
 	}
 	pdo, plen := 0, end
 	if dataLen > 0 {
-		pdo = alignUp(end, alignment(p.TxPDA))
+		// A PDA above MaxPDA is invalid (VerifyHeader rejects it in
+		// ICReq/ICResp); capping it keeps PDO within its byte and b.
+		pdo = alignUp(end, alignment(min(p.TxPDA, MaxPDA)))
 		plen = pdo + dataLen
 		if p.DataDigest {
 			flags |= FlagDDGST
@@ -323,7 +325,9 @@ func (p *Params) Layout(common []byte, dir Direction) (Layout, error) {
 // VerifyHeader checks the header digest of hdr (l.HeaderBytes() long) and
 // the type-specific fields that do not depend on command state.
 func (p *Params) VerifyHeader(hdr Header, l Layout) error {
-	if len(hdr) < l.HeaderBytes() {
+	// l comes from Layout; a Layout that does not fit its type (a zero
+	// value, say) must give an error here, not an out-of-range read.
+	if l.HLen != HeaderLen(l.Type) || len(hdr) < l.HeaderBytes() {
 		return errorf(FESInvalidHeader, 0, "%v: header is %d bytes, want %d", l.Type, len(hdr), l.HeaderBytes())
 	}
 	if l.HDGST != 0 {
@@ -364,8 +368,12 @@ func (p *Params) VerifyHeader(hdr Header, l Layout) error {
 			return errorf(FESInvalidHeader, 1, "%v: SUCCESS flag without LAST_PDU", l.Type)
 		}
 	case TypeR2T:
-		if R2T(hdr).R2TLen() == 0 {
+		r := R2T(hdr)
+		if r.R2TLen() == 0 {
 			return errorf(FESInvalidHeader, 16, "R2T: R2TL 0")
+		}
+		if uint64(r.R2TOffset())+uint64(r.R2TLen()) > 1<<32-1 {
+			return errorf(FESOutOfRange, 12, "R2T: R2TO %d + R2TL %d overflows", r.R2TOffset(), r.R2TLen())
 		}
 	}
 	return nil

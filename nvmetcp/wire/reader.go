@@ -78,11 +78,13 @@ func (r *Reader) ReadData(dst []byte) error {
 	if r.l.DDGST == 0 {
 		return nil
 	}
-	var d [DigestLen]byte
-	if _, err := io.ReadFull(r.r, d[:]); err != nil {
+	// The digest lands in scratch: a local array would escape to the heap
+	// through io.ReadFull, one allocation per PDU.
+	d := r.scratch[:DigestLen]
+	if _, err := io.ReadFull(r.r, d); err != nil {
 		return unexpected(err)
 	}
-	if want, got := GetDigest(d[:]), DataDigest(dst); want != got {
+	if want, got := GetDigest(d), DataDigest(dst); want != got {
 		return fmt.Errorf("%w: %v: digest %#08x, computed %#08x", ErrDataDigest, r.l.Type, want, got)
 	}
 	return nil
