@@ -35,7 +35,9 @@ var _ Store = (*File)(nil)
 
 // OpenFile opens an existing regular file or block device read-write. It
 // never creates a file; a directory, a character device, a pipe or an empty
-// file is an error.
+// file is an error. The store holds the file exclusively while it is open: a
+// block device is opened O_EXCL (so a mounted one is refused) and a regular
+// file is locked (flock), so that two targets never serve the same bytes.
 func OpenFile(path string) (*File, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
@@ -45,17 +47,21 @@ func OpenFile(path string) (*File, error) {
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	mode := fi.Mode()
+	flags := os.O_RDWR
 	switch {
 	case mode.IsDir():
 		return nil, fmt.Errorf("store: %s is a directory, not a file or block device", path)
 	case mode&os.ModeDevice != 0 && mode&os.ModeCharDevice == 0:
-		// a block device
+		flags |= unix.O_EXCL // on a block device: fail if mounted or held
 	case mode.IsRegular():
 	default:
 		return nil, fmt.Errorf("store: %s is not a regular file or block device (mode %s)", path, mode)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	f, err := os.OpenFile(path, flags, 0)
 	if err != nil {
+		if errors.Is(err, unix.EBUSY) {
+			return nil, fmt.Errorf("store: %s is in use (mounted, or held by another program)", path)
+		}
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	s := &File{f: f, path: path}
@@ -92,6 +98,15 @@ func (s *File) init() error {
 		s.size = int64(size)
 	default:
 		return fmt.Errorf("store: %s is not a regular file or block device (mode %s)", s.path, mode)
+	}
+	if !s.block {
+		// The lock goes with the open file and so is dropped by Close.
+		err := s.control(func(fd int) error { return unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB) })
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("store: %s is in use: another program holds a lock on it (another nvmefs serve?)", s.path)
+		} else if err != nil {
+			return fmt.Errorf("store: %s: lock: %w", s.path, err)
+		}
 	}
 	if s.size == 0 {
 		return fmt.Errorf("store: %s is empty; a namespace needs a size (e.g. truncate -s 1G %s)", s.path, s.path)

@@ -45,6 +45,24 @@ func allocatedBytes(t testing.TB, path string) int64 {
 	return st.Blocks * 512
 }
 
+func TestFileIsHeldExclusively(t *testing.T) {
+	s, path := newFile(t, 1<<20)
+	if s2, err := OpenFile(path); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Errorf("second OpenFile(%q) = %v, %v; want an in-use error", path, s2, err)
+		if s2 != nil {
+			s2.Close()
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := OpenFile(path)
+	if err != nil {
+		t.Fatalf("OpenFile after the first store closed: %v", err)
+	}
+	s2.Close()
+}
+
 func TestFileConformance(t *testing.T) {
 	s, path := newFile(t, 4*memChunkSize+3)
 	conformance(t, s)
@@ -196,10 +214,12 @@ func TestBlockDevice(t *testing.T) {
 	if !s.BlockDevice() || s.Size() != size {
 		t.Fatalf("%s: block device %v, size %d; want true, %d", dev, s.BlockDevice(), s.Size(), size)
 	}
-	if st, err := Open(dev); err != nil || st.Size() != size {
-		t.Fatalf("Open(%q) = %v, %v", dev, st, err)
-	} else {
-		st.Close()
+	// The device is held exclusively: a second open is refused.
+	if st, err := Open(dev); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Errorf("second Open(%q) = %v, %v; want an in-use error", dev, st, err)
+		if st != nil {
+			st.Close()
+		}
 	}
 
 	// Write through the device, flush, and find it in the backing file.
