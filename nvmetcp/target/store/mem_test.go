@@ -2,6 +2,9 @@ package store
 
 import (
 	"bytes"
+	"errors"
+	"os"
+	"sync"
 	"testing"
 )
 
@@ -117,4 +120,47 @@ func TestMemConcurrent(t *testing.T) {
 	}
 	defer m.Close()
 	concurrent(t, m)
+}
+
+// Operations racing with Close either complete or fail with os.ErrClosed;
+// none panics or touches freed state.
+func TestMemCloseDuringIO(t *testing.T) {
+	m, err := NewMem(4 * memChunkSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for id := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := pattern(memChunkSize+100, byte(id))
+			<-start
+			for i := range 200 {
+				off := int64((id*200+i)*4096) % (3 * memChunkSize)
+				var err error
+				switch i % 3 {
+				case 0:
+					_, err = m.WriteAt(p, off)
+				case 1:
+					_, err = m.ReadAt(p, off)
+				default:
+					err = m.Deallocate(off, memChunkSize)
+				}
+				if err != nil && !errors.Is(err, os.ErrClosed) {
+					t.Errorf("I/O racing with Close: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	close(start)
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if m.Allocated() != 0 {
+		t.Errorf("%d bytes held after Close and all I/O ended", m.Allocated())
+	}
 }
