@@ -3,6 +3,7 @@ package nvme
 import (
 	"bytes"
 	"encoding/binary"
+	"unicode/utf8"
 )
 
 // Fabrics command types (fctype, SQE byte 4).
@@ -148,13 +149,15 @@ func nqnString(b []byte) string {
 	return string(b)
 }
 
-// ValidNQN reports whether s is a usable NQN: 1..223 bytes, printable ASCII.
+// ValidNQN reports whether s is a usable NQN: 1..223 bytes of UTF-8 (the NVMe
+// base specification's NQN encoding) with no control characters, so that it
+// fits its NUL-terminated field and prints safely in logs.
 func ValidNQN(s string) bool {
-	if len(s) == 0 || len(s) > NQNMaxLen {
+	if len(s) == 0 || len(s) > NQNMaxLen || !utf8.ValidString(s) {
 		return false
 	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < 0x20 || s[i] > 0x7e {
+	for _, r := range s {
+		if r < 0x20 || (r >= 0x7f && r <= 0x9f) {
 			return false
 		}
 	}
