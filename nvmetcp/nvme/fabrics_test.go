@@ -171,7 +171,7 @@ func TestValidNQN(t *testing.T) {
 		{"nqn.2014-08.org.nvmexpress:uuid:00112233-4455-6677-8899-aabbccddeeff", true},
 		{strings.Repeat("x", 223), true},
 		{strings.Repeat("x", 224), false},
-		{"nqn.2024-01.example:données", true}, // NQNs are UTF-8
+		{"nqn.2024-01.example:données", true},                      // NQNs are UTF-8
 		{"nqn.2024-01.example:" + strings.Repeat("é", 101), true},  // 20+202 = 222 bytes
 		{"nqn.2024-01.example:" + strings.Repeat("é", 102), false}, // 224 bytes
 		{"nqn\x00x", false},
