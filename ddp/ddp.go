@@ -1,0 +1,149 @@
+package ddp
+
+import (
+	"errors"
+	"net"
+)
+
+// PageSize is the unit of placement: the buffers a ULP maps are lists of
+// page-sized pieces, as the kernel's scatterlists are.
+const PageSize = 4096
+
+// Capability is an offload a device can perform, switched on and off per
+// device by its user (like ethtool -K).
+type Capability uint32
+
+const (
+	// CapPlacement: the device writes payload into the mapped buffers (copy offload).
+	CapPlacement Capability = 1 << iota
+	// CapRxCRC: the device verifies the data digest of received PDUs (CRC offload).
+	CapRxCRC
+)
+
+func (c Capability) String() string {
+	switch c {
+	case 0:
+		return "none"
+	case CapPlacement:
+		return "placement"
+	case CapRxCRC:
+		return "rx-crc"
+	case CapPlacement | CapRxCRC:
+		return "placement,rx-crc"
+	}
+	return "unknown"
+}
+
+// Limits is what a device can map, queried by the ULP before it sizes its
+// requests (the kernel's ulp_ddp_limits).
+type Limits struct {
+	// MaxSGL is the most pieces one Setup may map (max_ddp_sgl_len); the ULP
+	// caps its I/O size and segment count to it.
+	MaxSGL int
+	// IOThreshold is the smallest I/O, in bytes, worth a Setup.
+	IOThreshold int
+	// FullTagRange is true when any 16-bit tag may be mapped; otherwise
+	// tags are below the queue size given at SkAdd.
+	FullTagRange bool
+}
+
+// MaxIOBytes is the largest buffer one Setup can map: MaxSGL pages.
+func (l Limits) MaxIOBytes() int { return l.MaxSGL * PageSize }
+
+// Config is the protocol-specific configuration of one offloaded connection.
+// The ULP defines it; a device offloads the protocols whose Config it knows.
+type Config interface {
+	Protocol() string
+}
+
+// Device is a NIC that can offload DDP for the connections it carries.
+type Device interface {
+	Name() string
+	Limits() Limits
+	// Capabilities returns what the device supports and what is on now.
+	Capabilities() (supported, enabled Capability)
+	// SetCapabilities switches offloads on or off for new and existing
+	// connections. With none on, SkAdd fails and ULPs run in software.
+	SetCapabilities(enabled Capability) error
+	// SkAdd offloads conn (sk_add). From then on the device owns the
+	// receive side of conn: the ULP reads the stream only through the
+	// returned Socket's Recv. An error leaves conn untouched and the ULP
+	// works without offload.
+	SkAdd(conn net.Conn, cfg Config, ulp ULP) (Socket, error)
+	// Stats returns the device's counters, named after the driver's.
+	Stats() []Stat
+}
+
+// Socket is one offloaded connection.
+type Socket interface {
+	// Recv returns the next segment of the received stream, in order. The
+	// segment's bytes stay valid until the next call to Recv. An error ends
+	// the stream (connection closed, device down).
+	Recv() (Segment, error)
+	// Setup maps io's buffer for the tag io.Tag before the ULP sends the
+	// request whose response will carry the data. An error (no free
+	// context, SG list too long) is not fatal: that I/O goes the software way.
+	Setup(io *IO) error
+	// Teardown unmaps io. It returns at once; the device calls
+	// ULP.TeardownDone(io) when its mapping is gone and will never touch
+	// io's buffer again.
+	Teardown(io *IO)
+	// Resync answers a ResyncRequest for seq: ok when a PDU header starts
+	// exactly at seq in the ULP's own parse of the stream.
+	Resync(seq Seq, ok bool)
+	// Close ends the offload (sk_del). Mappings still set up are torn
+	// down (their TeardownDone is called); Recv returns an error after.
+	Close() error
+}
+
+// ULP is what a device calls back. Calls come from the device's own
+// goroutines and must not block.
+type ULP interface {
+	// ResyncRequest: the device lost track of PDU boundaries and found
+	// what may be a PDU header at seq. The ULP answers with Socket.Resync
+	// when its own parser reaches seq (or has passed it).
+	ResyncRequest(seq Seq)
+	// TeardownDone: the mapping of io is gone (ddp_teardown_done).
+	TeardownDone(io *IO)
+}
+
+// IO is one mapping of a buffer for a tag (the kernel's ulp_ddp_io).
+type IO struct {
+	// Tag names the transfer in the protocol (NVMe/TCP: the command id).
+	Tag uint16
+	// SG is the destination: pieces of at most PageSize bytes, each but the
+	// first starting on a page boundary, each but the last ending on one.
+	SG [][]byte
+	// Len is the sum of the pieces' lengths.
+	Len int
+	// DeviceCtx is the device's own state for this mapping.
+	DeviceCtx any
+}
+
+// Segment is a piece of the received stream as the device hands it over.
+type Segment struct {
+	// Bytes are the segment's bytes. When Placed, they are a view of the
+	// mapped buffer itself (source == destination).
+	Bytes []byte
+	// Seq is the sequence number of Bytes[0].
+	Seq Seq
+	// Placed: the bytes were written into a mapped buffer by the device.
+	Placed bool
+	// CRCOK: the device verified every CRC field covering this segment's
+	// bytes and found no problem. False says nothing: the ULP checks.
+	CRCOK bool
+}
+
+// Stat is one device counter.
+type Stat struct {
+	Name  string
+	Value uint64
+}
+
+// Errors a device returns.
+var (
+	ErrNotSupported = errors.New("ddp: not supported by the device")
+	ErrNoResources  = errors.New("ddp: no free offload context")
+	ErrSGLTooLong   = errors.New("ddp: scatter list longer than the device maps")
+	ErrDeviceDown   = errors.New("ddp: device is down")
+)
