@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nvmefs/nvmefs/nvmetcp/host"
 	"github.com/nvmefs/nvmefs/nvmetcp/wire"
 )
 
@@ -372,4 +374,99 @@ func TestServeTreatsADoubledSignalAsOne(t *testing.T) {
 	if out := s.output(); !strings.Contains(out, `msg="namespace flushed and closed" nsid=1`) {
 		t.Errorf("namespace not flushed:\n%s", out)
 	}
+}
+
+// End to end: a host writes to a file namespace of a running nvmefs serve;
+// after SIGTERM with the host still connected, nvmefs exits 0 and the data
+// is in the file. A host not on --allow-host is refused and logged.
+func TestServeWritesReachTheFile(t *testing.T) {
+	const (
+		allowed = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555"
+		refused = "nqn.2014-08.org.nvmexpress:uuid:99999999-2222-3333-4444-555555555555"
+		size    = 1 << 20
+		lba     = 24
+	)
+	img := filepath.Join(t.TempDir(), "ns1.img")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, size); err != nil {
+		t.Fatal(err)
+	}
+	s := startServe(t, "--nqn", testNQN, "--ns", "mem:1M", "--ns", img, "--allow-host", allowed)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	opts := host.Options{
+		NrIOQueues:      1,
+		QueueSize:       8,
+		IOTimeout:       5 * time.Second,
+		ReconnectDelay:  time.Second,
+		CtrlLossTmo:     2 * time.Second,
+		ShutdownTimeout: time.Second,
+		HostID:          [16]byte{1},
+		Logger:          slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+
+	opts.HostNQN = refused
+	if c, err := host.Connect(ctx, s.addr, testNQN, opts); err == nil {
+		c.Close()
+		t.Fatal("a host not on --allow-host connected")
+	}
+
+	opts.HostNQN = allowed
+	c, err := host.Connect(ctx, s.addr, testNQN, opts)
+	if err != nil {
+		t.Fatalf("connecting as an allowed host: %v\n%s", err, s.output())
+	}
+	closed := make(chan struct{})
+	t.Cleanup(func() {
+		go func() { c.Close(); close(closed) }()
+		select {
+		case <-closed:
+		case <-time.After(20 * time.Second):
+			t.Error("host Close did not return within 20s")
+		}
+	})
+	data := bytes.Repeat([]byte("nvmefs serve end to end "), 64<<10/24+1)[:64<<10]
+	if err := c.Write(ctx, 2, lba, data); err != nil {
+		t.Fatalf("write to nsid 2: %v", err)
+	}
+	got := make([]byte, len(data))
+	if err := c.Read(ctx, 2, lba, got); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read back over NVMe/TCP: err %v, equal %v", err, bytes.Equal(got, data))
+	}
+
+	if code := s.stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit status %d after SIGTERM with a host connected, want 0:\n%s", code, s.output())
+	}
+	onDisk, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(onDisk) != size {
+		t.Fatalf("namespace file is %d bytes after serving, want %d", len(onDisk), size)
+	}
+	if !bytes.Equal(onDisk[lba*512:lba*512+len(data)], data) {
+		t.Error("the host's write is not in the namespace file")
+	}
+	if !isZeroBytes(onDisk[:lba*512]) || !isZeroBytes(onDisk[lba*512+len(data):]) {
+		t.Error("bytes outside the host's write changed in the namespace file")
+	}
+	out := s.output()
+	for _, want := range []string{refused, `msg="namespace flushed and closed" nsid=2`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q:\n%s", want, out)
+		}
+	}
+	noCrash(t, out)
+}
+
+func isZeroBytes(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
 }
