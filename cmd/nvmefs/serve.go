@@ -200,16 +200,27 @@ func serve(e *env, o *serveOptions, args []string) (err error) {
 	case sig := <-sigs:
 		logger.Info("stopping", "signal", sig.String())
 		go forceExitOnSecondSignal(e, logger, sigs, time.Now())
-		if cerr := tgt.Close(); cerr != nil {
-			logger.Error("closing the target", "err", cerr)
-		}
-		select {
-		case serr := <-served:
-			if serr != nil {
-				logger.Error("serving ended with an error while stopping", "err", serr)
+		// Close waits for every connection to end; bound it, so that a
+		// stuck one cannot keep the namespaces from being flushed.
+		closed := make(chan error, 1)
+		go func() { closed <- tgt.Close() }()
+		deadline := time.After(stopTimeout)
+		for closed != nil || served != nil {
+			select {
+			case cerr := <-closed:
+				if cerr != nil {
+					logger.Error("closing the target", "err", cerr)
+				}
+				closed = nil
+			case serr := <-served:
+				if serr != nil && !errors.Is(serr, target.ErrClosed) {
+					logger.Error("serving ended with an error while stopping", "err", serr)
+				}
+				served = nil
+			case <-deadline:
+				// The namespaces are still flushed (deferred above).
+				return fmt.Errorf("the target did not stop within %v", stopTimeout)
 			}
-		case <-time.After(stopTimeout):
-			logger.Error("the target did not stop in time; flushing the namespaces anyway", "timeout", stopTimeout)
 		}
 		return nil
 	case serr := <-served:
