@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"runtime"
 	"testing"
 	"testing/iotest"
 
@@ -290,5 +291,42 @@ func TestReaderNoAllocs(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Errorf("%v allocations per PDU", allocs)
+	}
+}
+
+// TestReaderAllocBounded runs hostile and valid streams through a Reader
+// that discards payloads: whatever sizes the peer claims (PLEN up to 4 GiB),
+// the Reader allocates no more than its own fixed state and error values.
+func TestReaderAllocBounded(t *testing.T) {
+	inputs := [][]byte{
+		ch(TypeC2HData, 0, 24, 24, 0xffffffff),
+		ch(TypeCapsuleResp, 0, 24, 0, 0xffffffff),
+		stream(ch(TypeC2HTermReq, 0, 24, 0, 152), bytes.Repeat([]byte{0xff}, 200)),
+	}
+	for _, s := range fuzzSeeds() {
+		if s.target == "FuzzReader" {
+			inputs = append(inputs, s.data)
+		}
+	}
+	for mode := range 0x80 {
+		if mode&0x20 != 0 {
+			continue // the read bit: this test only discards
+		}
+		for _, in := range inputs {
+			p, dir, _ := fuzzParams(uint8(mode))
+			p.MaxData, p.MaxInCapsule = 0xffffffff, 0xffffffff // no limit: only the stream bounds reads
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			r := NewReader(bytes.NewReader(in), dir, &p)
+			for {
+				if _, _, err := r.Next(); err != nil {
+					break
+				}
+			}
+			runtime.ReadMemStats(&after)
+			if n := after.TotalAlloc - before.TotalAlloc; n > 8<<10 {
+				t.Fatalf("mode %#x, %d-byte input: %d bytes allocated", mode, len(in), n)
+			}
+		}
 	}
 }
