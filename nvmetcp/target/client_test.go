@@ -59,6 +59,10 @@ type call struct {
 	held    []wire.R2TFields
 	maxHeld int
 	done    chan struct{}
+	// badH2C sends the first H2CData PDU with a wrong data digest.
+	badH2C bool
+	// r2ts, if not nil, receives the R2Ts instead of their being answered.
+	r2ts chan wire.R2TFields
 }
 
 type termInfo struct {
@@ -215,6 +219,13 @@ func (c *client) receive() {
 			}
 			k.resp.R2Ts++
 			f := wire.R2TFields{CCCID: r.CCCID(), TTag: r.TTag(), Offset: r.R2TOffset(), Len: r.R2TLen()}
+			if k.r2ts != nil {
+				select {
+				case k.r2ts <- f:
+				default:
+				}
+				continue
+			}
 			if uint64(f.Offset)+uint64(f.Len) > uint64(len(k.in)) {
 				c.fail(fmt.Errorf("R2T [%d,+%d) beyond %d bytes", f.Offset, f.Len, len(k.in)))
 				return
@@ -228,7 +239,7 @@ func (c *client) receive() {
 			requested := f.Offset + f.Len
 			if len(k.held) >= max(c.opts.R2TBatch, 1) || int(requested) == len(k.in) {
 				for _, f := range k.held {
-					if err := c.sendH2C(k, f, nil); err != nil {
+					if err := c.sendH2C(k, f); err != nil {
 						c.fail(err)
 						return
 					}
@@ -256,9 +267,8 @@ func (c *client) receive() {
 	}
 }
 
-// sendH2C answers an R2T, split at MAXH2CDATA. corrupt, if not nil, is
-// called on each PDU's payload copy before sending, to inject errors.
-func (c *client) sendH2C(k *call, f wire.R2TFields, corrupt func([]byte)) error {
+// sendH2C answers an R2T, split at MAXH2CDATA.
+func (c *client) sendH2C(k *call, f wire.R2TFields) error {
 	end := f.Offset + f.Len
 	for off := f.Offset; off < end; {
 		n := min(end-off, c.maxH2C)
@@ -267,7 +277,9 @@ func (c *client) sendH2C(k *call, f wire.R2TFields, corrupt func([]byte)) error 
 			flags = wire.FlagLast
 		}
 		payload := k.in[off : off+n]
-		if err := c.writeData(wire.DataFields{Type: wire.TypeH2CData, Flags: flags, CCCID: k.cid, TTag: f.TTag, DataOffset: off, DataLen: n}, payload, false); err != nil {
+		bad := k.badH2C
+		k.badH2C = false
+		if err := c.writeData(wire.DataFields{Type: wire.TypeH2CData, Flags: flags, CCCID: k.cid, TTag: f.TTag, DataOffset: off, DataLen: n}, payload, bad); err != nil {
 			return err
 		}
 		off += n
@@ -310,7 +322,7 @@ func (c *client) take(cid uint16) *call {
 }
 
 // start registers a call and returns its cid. cid < 0: pick a free one.
-func (c *client) start(cid int, out, in []byte) (*call, error) {
+func (c *client) start(cid int, out, in []byte, badH2C bool) (*call, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.err != nil {
@@ -325,7 +337,7 @@ func (c *client) start(cid int, out, in []byte) (*call, error) {
 			}
 		}
 	}
-	k := &call{cid: uint16(cid), out: out, in: in, done: make(chan struct{})}
+	k := &call{cid: uint16(cid), out: out, in: in, done: make(chan struct{}), badH2C: badH2C}
 	c.calls[k.cid] = k
 	return k, nil
 }
@@ -337,7 +349,7 @@ func (c *client) send(sqe *nvme.SQEFields, inline, out, in []byte) (*call, error
 }
 
 func (c *client) sendCID(cid int, sqe *nvme.SQEFields, inline, out, in []byte, badDigest bool) (*call, error) {
-	k, err := c.start(cid, out, in)
+	k, err := c.start(cid, out, in, badDigest && len(in) > 0)
 	if err != nil {
 		return nil, err
 	}
@@ -382,6 +394,23 @@ func (k *call) wait(timeout time.Duration) response {
 	case <-t.C:
 		return response{Err: fmt.Errorf("cid %d: no response within %v", k.cid, timeout)}
 	}
+}
+
+// sendManual sends a command whose R2Ts the test answers itself.
+func (c *client) sendManual(sqe *nvme.SQEFields) (*call, error) {
+	k, err := c.start(-1, nil, nil, false)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	k.r2ts = make(chan wire.R2TFields, 16)
+	c.mu.Unlock()
+	f := *sqe
+	f.CID = k.cid
+	if err := c.writeCapsule(&f, nil, false); err != nil {
+		return nil, err
+	}
+	return k, nil
 }
 
 // do sends a command and waits for its response.

@@ -123,6 +123,8 @@ func (c *conn) terminate(werr *wire.Error, hdr []byte) {
 	var p wire.Params
 	h := p.Seal(buf, n)
 	pdu := buf[:len(h)+n]
+	// Bound the wait for a write in progress as well as the TermReq's.
+	c.nc.SetWriteDeadline(time.Now().Add(c.t.cfg.TermLinger))
 	c.w.terminate(pdu)
 	<-c.w.done
 	if tc, ok := c.nc.(*net.TCPConn); ok {
