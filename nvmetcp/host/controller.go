@@ -50,6 +50,9 @@ type Controller struct {
 	state   ctrlState
 	cur     *assoc
 	changed chan struct{} // closed and replaced at every state change
+	// setting lists the associations being set up: the watchdog times
+	// their commands out too.
+	setting map[*assoc]bool
 
 	closeCtx    context.Context // ended by Close: bounds background work
 	closeCancel context.CancelFunc
@@ -64,7 +67,10 @@ type Controller struct {
 // assoc is one association with the controller: what one successful
 // connect set up, torn down as a whole by error recovery.
 type assoc struct {
-	c      *Controller
+	c *Controller
+	// admin and io are set during setup (under qmu, as the watchdog and
+	// fail read them then) and fixed once the association is live.
+	qmu    sync.Mutex
 	admin  *queue
 	io     []*queue
 	info   ControllerInfo
@@ -103,6 +109,7 @@ func connect(ctx context.Context, addr, subnqn string, opts Options, discovery b
 		discovery:  discovery,
 		log:        o.Logger.With("addr", addr, "subnqn", subnqn),
 		changed:    make(chan struct{}),
+		setting:    map[*assoc]bool{},
 		adminStats: new(queueStats),
 	}
 	c.ioStats = make([]*queueStats, o.NrIOQueues)
@@ -110,16 +117,17 @@ func connect(ctx context.Context, addr, subnqn string, opts Options, discovery b
 		c.ioStats[i] = new(queueStats)
 	}
 	c.closeCtx, c.closeCancel = context.WithCancel(context.Background())
+	c.wg.Add(1)
+	go c.watchdog()
 	a, err := c.connectAssoc(ctx)
 	if err != nil {
 		c.closeCancel()
+		c.wg.Wait()
 		return nil, err
 	}
 	c.mu.Lock()
 	c.setLiveLocked(a)
 	c.mu.Unlock()
-	c.wg.Add(1)
-	go c.watchdog()
 	c.log.Debug("nvme host: connected", "cntlid", a.info.CntlID, "ioqueues", len(a.io), "depth", a.info.QueueSize)
 	return c, nil
 }
@@ -223,7 +231,14 @@ func (c *Controller) waitLive(ctx context.Context, failed *assoc) (*assoc, error
 // controller and connects the I/O queues.
 func (c *Controller) connectAssoc(ctx context.Context) (*assoc, error) {
 	a := &assoc{c: c, dead: make(chan struct{})}
-	if err := a.setup(ctx); err != nil {
+	c.mu.Lock()
+	c.setting[a] = true
+	c.mu.Unlock()
+	err := a.setup(ctx)
+	c.mu.Lock()
+	delete(c.setting, a)
+	c.mu.Unlock()
+	if err != nil {
 		a.fail(err)
 		a.wait()
 		return nil, err
@@ -234,13 +249,16 @@ func (c *Controller) connectAssoc(ctx context.Context) (*assoc, error) {
 func (a *assoc) setup(ctx context.Context) (err error) {
 	c := a.c
 	o := &c.opts
-	a.admin, err = dialQueue(ctx, queueConfig{
+	admin, err := dialQueue(ctx, queueConfig{
 		addr: c.addr, qid: 0, depth: adminQueueDepth,
 		maxData:   adminMaxData,
 		inCapsule: adminInCapsule,
 		opts:      o, stats: c.adminStats, onFail: a.fail,
 	})
 	if err != nil {
+		return err
+	}
+	if err := a.addQueue(admin); err != nil {
 		return err
 	}
 	cntlid, err := a.connectQueue(ctx, a.admin, 0xffff, adminQueueDepth, o.kato())
@@ -312,7 +330,7 @@ func (a *assoc) connectQueue(ctx context.Context, q *queue, cntlid uint16, depth
 		q.put(r)
 		return 0, err
 	}
-	st, res, err := q.wait(ctx, r)
+	st, res, err := q.wait(ctx, r, true)
 	if err != nil {
 		return 0, fmt.Errorf("host: connect queue %d: %w", q.qid, err)
 	}
@@ -512,7 +530,9 @@ func (a *assoc) connectIOQueues(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		a.io = append(a.io, q)
+		if err := a.addQueue(q); err != nil {
+			return err
+		}
 		if _, err := a.connectQueue(ctx, q, a.info.CntlID, depth, 0); err != nil {
 			return err
 		}
@@ -524,6 +544,24 @@ func (a *assoc) connectIOQueues(ctx context.Context) error {
 	return nil
 }
 
+// addQueue adds a connected queue to an association being set up; if the
+// association failed meanwhile, the queue fails too.
+func (a *assoc) addQueue(q *queue) error {
+	a.qmu.Lock()
+	if q.qid == 0 {
+		a.admin = q
+	} else {
+		a.io = append(a.io, q)
+	}
+	failed := a.failed.Load()
+	a.qmu.Unlock()
+	if failed {
+		q.fail(a.err)
+		return fmt.Errorf("host: association failed during set-up: %w", a.err)
+	}
+	return nil
+}
+
 // fail tears the association down (once): every queue fails, and the
 // controller, if this is its live association, starts error recovery.
 func (a *assoc) fail(err error) {
@@ -532,10 +570,7 @@ func (a *assoc) fail(err error) {
 	}
 	a.err = err
 	close(a.dead)
-	if a.admin != nil {
-		a.admin.fail(err)
-	}
-	for _, q := range a.io {
+	for _, q := range a.queues() {
 		q.fail(err)
 	}
 	a.c.assocFailed(a, err)
@@ -543,17 +578,20 @@ func (a *assoc) fail(err error) {
 
 // wait waits until every queue of a failed association is torn down.
 func (a *assoc) wait() {
-	if a.admin != nil {
-		<-a.admin.reaped
-	}
-	for _, q := range a.io {
+	for _, q := range a.queues() {
 		<-q.reaped
 	}
 }
 
 // queues lists the association's queues, admin first.
 func (a *assoc) queues() []*queue {
-	return append([]*queue{a.admin}, a.io...)
+	a.qmu.Lock()
+	defer a.qmu.Unlock()
+	qs := make([]*queue, 0, 1+len(a.io))
+	if a.admin != nil {
+		qs = append(qs, a.admin)
+	}
+	return append(qs, a.io...)
 }
 
 // ---- keep-alive, timeouts, recovery ----
@@ -612,17 +650,24 @@ func (c *Controller) watchdog() {
 		case <-c.closeCtx.Done():
 			return
 		}
-		a := c.live.Load()
-		if a == nil {
-			continue
+		c.mu.Lock()
+		watched := make([]*assoc, 0, 1+len(c.setting))
+		if a := c.live.Load(); a != nil {
+			watched = append(watched, a)
 		}
+		for a := range c.setting {
+			watched = append(watched, a)
+		}
+		c.mu.Unlock()
 		now := time.Now().UnixNano()
-		for _, q := range a.queues() {
-			if q.overdue(now) {
-				q.stats.timeouts.Add(1)
-				c.log.Warn("nvme host: I/O timeout", "qid", q.qid, "timeout", c.opts.IOTimeout)
-				a.fail(fmt.Errorf("queue %d: I/O timeout (%v)", q.qid, c.opts.IOTimeout))
-				break
+		for _, a := range watched {
+			for _, q := range a.queues() {
+				if q.overdue(now) {
+					q.stats.timeouts.Add(1)
+					c.log.Warn("nvme host: I/O timeout", "qid", q.qid, "timeout", c.opts.IOTimeout)
+					a.fail(fmt.Errorf("queue %d: I/O timeout (%v)", q.qid, c.opts.IOTimeout))
+					break
+				}
 			}
 		}
 	}

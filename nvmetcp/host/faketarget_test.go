@@ -585,7 +585,7 @@ type proxy struct {
 	// flipC2H: flip a payload byte of this many C2HData PDUs.
 	flipC2H atomic.Int32
 	// stall: stop relaying controller-to-host bytes (connections stay open).
-	stall atomic.Bool
+	stall   atomic.Bool
 	flipped atomic.Int32
 }
 
@@ -678,4 +678,29 @@ func (p *proxy) relayToHost(hc, tc net.Conn) {
 			return
 		}
 	}
+}
+
+// restart closes the target and starts a new one on the same address with
+// the same namespaces (their data kept), after down has passed.
+func (ft *fakeTarget) restart(t *testing.T, down time.Duration) *fakeTarget {
+	t.Helper()
+	addr := ft.Addr()
+	ft.Close()
+	time.Sleep(down)
+	var ln net.Listener
+	var err error
+	for i := 0; i < 50; i++ {
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("listen again on %s: %v", addr, err)
+	}
+	nt := &fakeTarget{t: t, ln: ln, cfg: ft.cfg, ns: ft.ns, ctrls: map[uint16]*fakeCtrl{}, nextID: 100, conns: map[net.Conn]bool{}}
+	nt.wg.Add(1)
+	go nt.serve()
+	t.Cleanup(nt.Close)
+	return nt
 }

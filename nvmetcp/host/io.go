@@ -262,7 +262,7 @@ func (c *Controller) issue(ctx context.Context, q *queue, cmd *ioCmd) error {
 		q.put(r)
 		return err
 	}
-	st, _, err := q.wait(ctx, r)
+	st, _, err := q.wait(ctx, r, false)
 	if err != nil {
 		return err
 	}

@@ -361,11 +361,13 @@ func (q *queue) wake() {
 	}
 }
 
-// wait waits for the command's end. If ctx ends first, a read is detached
-// (the slot is freed when the controller answers or the queue is torn down;
-// nothing is placed into data after wait returns); a write keeps its data
-// until the command ends, which IOTimeout bounds.
-func (q *queue) wait(ctx context.Context, r *request) (nvme.Status, uint64, error) {
+// wait waits for the command's end. If ctx ends first, a command that
+// moves no data to the controller is detached (the slot is freed when the
+// controller answers or the queue is torn down; nothing is placed into data
+// after wait returns). A write's data stays in use until the command ends:
+// with abort, the queue is torn down at once to end it; without, wait goes
+// on until the controller answers or the I/O timeout tears the queue down.
+func (q *queue) wait(ctx context.Context, r *request, abort bool) (nvme.Status, uint64, error) {
 	select {
 	case <-r.done:
 	case <-ctx.Done():
@@ -376,6 +378,9 @@ func (q *queue) wait(ctx context.Context, r *request) (nvme.Status, uint64, erro
 			return 0, 0, ctx.Err()
 		}
 		r.mu.Unlock()
+		if abort {
+			q.fail(fmt.Errorf("queue %d: command abandoned: %w", q.qid, ctx.Err()))
+		}
 		<-r.done
 	}
 	// The writer may still be in the system call that sent data.
@@ -431,7 +436,7 @@ func (q *queue) exec(ctx context.Context, sqe *nvme.SQEFields, data []byte, dir 
 		q.put(r)
 		return 0, 0, err
 	}
-	return q.wait(ctx, r)
+	return q.wait(ctx, r, true)
 }
 
 // setData attaches data to a request and fills in its SGL descriptor. As
