@@ -189,6 +189,24 @@ func FuzzLayout(f *testing.F) {
 		if err := p.VerifyHeader(Header(full[:len(full)-1]), l); err == nil {
 			t.Fatal("VerifyHeader accepted a short header")
 		}
+		// What Seal makes of the same header and data length, Layout
+		// takes back: the same data, at the smallest aligned PDO.
+		if digestible(l.Type) {
+			sender := Params{HeaderDigest: p.HeaderDigest, DataDigest: p.DataDigest, TxPDA: p.RxPDA}
+			buf := make([]byte, MaxHeaderBuf)
+			copy(buf, full[:l.HLen])
+			resealed := sender.Seal(buf, l.DataLen)
+			l2, err := p.Layout(resealed, dir)
+			if err != nil {
+				t.Fatalf("Layout of the resealed header: %v", err)
+			}
+			if l2.DataLen != l.DataLen || l2.PLen > l.PLen || l2.DataOffset > l.DataOffset || l2.Flags != l.Flags {
+				t.Fatalf("resealed %+v, received %+v", l2, l)
+			}
+			if l2.DataLen > 0 && len(resealed) != l2.DataOffset {
+				t.Fatalf("Seal returned %d bytes, PDO %d", len(resealed), l2.DataOffset)
+			}
+		}
 	})
 }
 
