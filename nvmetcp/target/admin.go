@@ -362,6 +362,19 @@ func (ctrl *controller) setFeatures(s nvme.SQE) (uint64, nvme.Status) {
 	case fid == nvme.FeatArbitration:
 		f.arbitration = v
 		return 0, nvme.StatusSuccess
+	case fid == nvme.FeatTemperature:
+		sel, th, ok := tempSelect(v)
+		if !ok {
+			return 0, nvme.StatusInvalidField | nvme.StatusDNR
+		}
+		if sel == 15 { // all sensors
+			for i := range f.tempThresholds {
+				f.tempThresholds[i][th] = uint16(v)
+			}
+		} else {
+			f.tempThresholds[sel][th] = uint16(v)
+		}
+		return 0, nvme.StatusSuccess
 	case fid == nvme.FeatPowerManagement:
 		if v&0x1f != 0 { // one power state (NPSS 0)
 			return 0, nvme.StatusInvalidField | nvme.StatusDNR
@@ -403,6 +416,15 @@ func (ctrl *controller) getFeatures(s nvme.SQE) (uint64, nvme.Status) {
 		def = nvme.VWCEnable
 	case fid == nvme.FeatArbitration:
 		current = f.arbitration
+	case fid == nvme.FeatTemperature:
+		sel, th, ok := tempSelect(s.FeatureValue())
+		if !ok || sel == 15 {
+			return 0, nvme.StatusInvalidField | nvme.StatusDNR
+		}
+		current = uint32(f.tempThresholds[sel][th])
+		if th == 0 {
+			def = defaultOverTemp
+		}
 	case fid == nvme.FeatPowerManagement:
 		current = f.powerMgmt
 	case fid == nvme.FeatErrorRecovery:
@@ -424,4 +446,12 @@ func (ctrl *controller) getFeatures(s nvme.SQE) (uint64, nvme.Status) {
 		return 0, nvme.StatusSuccess
 	}
 	return 0, nvme.StatusInvalidField | nvme.StatusDNR
+}
+
+// tempSelect decodes the Temperature Threshold selectors of CDW11: TMPSEL
+// (bits 19:16; 0 composite, 1-8 sensors, 15 all) and THSEL (bits 21:20; 0
+// over, 1 under).
+func tempSelect(v uint32) (sel, th int, ok bool) {
+	sel, th = int(v>>16&0xf), int(v>>20&0x3)
+	return sel, th, th <= 1 && (sel <= 8 || sel == 15)
 }

@@ -53,7 +53,14 @@ type featureState struct {
 	errorRecovery uint32
 	asyncEvents   uint32
 	writeCache    bool
+	// tempThresholds[TMPSEL][THSEL]: over (0) and under (1) temperature
+	// thresholds in kelvin; nothing reads a sensor here, but a host may set
+	// and read them (Linux's hwmon does).
+	tempThresholds [16][2]uint16
 }
+
+// defaultOverTemp is the default over temperature threshold: 70 C.
+const defaultOverTemp = 343
 
 // newController registers a controller for an admin queue; nil if every
 // controller id is taken.
@@ -91,7 +98,7 @@ func (t *Target) newController(admin *conn, subNQN, hostNQN string, hostID [16]b
 		started:   time.Now(),
 		kato:      kato,
 		grantedIO: t.cfg.MaxIOQueues,
-		features:  featureState{writeCache: true},
+		features:  defaultFeatures(),
 		ioQueues:  make(map[uint16]*conn),
 	}
 	if ctrl.discovery {
@@ -104,6 +111,14 @@ func (t *Target) newController(admin *conn, subNQN, hostNQN string, hostID [16]b
 	ctrl.mu.Unlock()
 	ctrl.log.Info("controller created", "subnqn", subNQN, "kato", kato)
 	return ctrl
+}
+
+func defaultFeatures() featureState {
+	f := featureState{writeCache: true}
+	for i := range f.tempThresholds {
+		f.tempThresholds[i][0] = defaultOverTemp
+	}
+	return f
 }
 
 // lookupController finds the controller an I/O queue Connect names.

@@ -110,6 +110,19 @@ func TestConnectErrors(t *testing.T) {
 	invalid("sqsize > MQES", c.connect(0, 257, 0, nvme.CntlIDDynamic, testSubNQN, testHostNQN), false, 44)
 	invalid("KATO > limit", c.connect(0, 32, uint32(2*DefaultMaxKATO/time.Millisecond), nvme.CntlIDDynamic, testSubNQN, testHostNQN), false, 48)
 
+	// Connect data through R2T/H2CData instead of in the capsule.
+	viaR2T := dialClient(t, tt.addr, clientOpts{})
+	var sqe [nvme.SQELen]byte
+	nvme.SQE(sqe[:]).EncodeConnect(&nvme.ConnectFields{QID: 0, SQSize: 31})
+	cf := sqeFields(sqe[:])
+	cf.DPTR.ID = nvme.SGLTransportData
+	cdata := make([]byte, nvme.ConnectDataLen)
+	nvme.ConnectData(cdata).Encode(&nvme.ConnectDataFields{HostID: testHostID, CntlID: nvme.CntlIDDynamic, SubNQN: testSubNQN, HostNQN: testHostNQN})
+	if r := must(t, "connect via R2T", viaR2T.do(&cf, nil, nil, cdata)); r.R2Ts != 1 {
+		t.Errorf("connect via R2T: %d R2Ts", r.R2Ts)
+	}
+	viaR2T.Close()
+
 	// Commands before Connect.
 	_, r = c.identify(nvme.CNSController, 0)
 	wantStatus(t, "identify before connect", r, nvme.StatusCommandSequenceError)
@@ -573,6 +586,14 @@ func TestLogPagesAndFeatures(t *testing.T) {
 	if r := must(t, "get arbitration", a.features(false, nvme.FeatArbitration, 0)); r.Result != 0x0303 {
 		t.Errorf("arbitration %#x", r.Result)
 	}
+	if r := must(t, "get over temperature", a.features(false, nvme.FeatTemperature, 0)); r.Result != defaultOverTemp {
+		t.Errorf("default over temperature threshold %d", r.Result)
+	}
+	must(t, "set under temperature of sensor 1", a.features(true, nvme.FeatTemperature, 1<<20|1<<16|250))
+	if r := must(t, "get under temperature of sensor 1", a.features(false, nvme.FeatTemperature, 1<<20|1<<16)); r.Result != 250 {
+		t.Errorf("under temperature threshold %d, set 250", r.Result)
+	}
+	wantStatus(t, "bad threshold type", a.features(true, nvme.FeatTemperature, 2<<20), nvme.StatusInvalidField)
 	wantStatus(t, "timestamp", a.features(true, nvme.FeatTimestamp, 0), nvme.StatusInvalidField)
 	wantStatus(t, "unknown feature", a.features(false, 0x7d, 0), nvme.StatusInvalidField)
 	var sqe [nvme.SQELen]byte

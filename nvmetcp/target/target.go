@@ -113,6 +113,9 @@ func (cfg *Config) setDefaults() error {
 	if len(cfg.Namespaces) > nvme.NSListMaxEntries {
 		return fmt.Errorf("target: %d namespaces, at most %d", len(cfg.Namespaces), nvme.NSListMaxEntries)
 	}
+	if cfg.MaxC2HData != 0 && (cfg.MaxC2HData < 512 || cfg.MaxC2HData%4 != 0) {
+		return fmt.Errorf("target: MaxC2HData %d: want 0 or a multiple of 4 of at least 512", cfg.MaxC2HData)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -222,5 +223,63 @@ func TestConnectIdentifyReadWrite(t *testing.T) {
 	tt.ns[0].ReadAt(direct, 100*512)
 	if !bytes.Equal(direct, big) {
 		t.Fatal("store content differs")
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	st := mustMem(t, "mem:1M")
+	defer st.Close()
+	ok := Config{SubsystemNQN: testSubNQN, Namespaces: []store.Store{st}}
+	if _, err := New(ok); err != nil {
+		t.Fatalf("valid config: %v", err)
+	}
+	for name, mod := range map[string]func(*Config){
+		"no NQN":          func(c *Config) { c.SubsystemNQN = "" },
+		"discovery NQN":   func(c *Config) { c.SubsystemNQN = nvme.DiscoveryNQN },
+		"block size 520":  func(c *Config) { c.BlockSize = 520 },
+		"block size 8192": func(c *Config) { c.BlockSize = 8192 },
+		"bad host NQN":    func(c *Config) { c.AllowHosts = []string{"bad\x01"} },
+		"nil namespace":   func(c *Config) { c.Namespaces = []store.Store{nil} },
+		"MDTS not 2^n":    func(c *Config) { c.MaxTransfer = 3 << 12 },
+		"MDTS too small":  func(c *Config) { c.MaxTransfer = 2048 },
+		"in-capsule 100":  func(c *Config) { c.InCapsuleSize = 100 },
+		"MaxH2CData 1000": func(c *Config) { c.MaxH2CData = 1000 },
+		"MaxC2HData 100":  func(c *Config) { c.MaxC2HData = 100 },
+		"queue size 1":    func(c *Config) { c.MaxQueueSize = 1 },
+		"R2T size 100":    func(c *Config) { c.R2TSize = 100 },
+		"serial too long": func(c *Config) { c.Serial = strings.Repeat("x", 21) },
+		"namespace < 1 LBA": func(c *Config) {
+			c.Namespaces = []store.Store{mustMem(t, "mem:4K")}
+			c.BlockSize = 4096
+			c.Namespaces[0] = tinyStore{c.Namespaces[0]}
+		},
+		"I/O queues 0x10000": func(c *Config) { c.MaxIOQueues = 0x10000 },
+	} {
+		cfg := ok
+		mod(&cfg)
+		if _, err := New(cfg); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// tinyStore reports a size below one 4 KiB block.
+type tinyStore struct{ store.Store }
+
+func (tinyStore) Size() int64 { return 1024 }
+
+func TestNamespaceIDsStable(t *testing.T) {
+	g1, u1 := namespaceIDs(testSubNQN, 1)
+	g1b, u1b := namespaceIDs(testSubNQN, 1)
+	g2, u2 := namespaceIDs(testSubNQN, 2)
+	g3, u3 := namespaceIDs(testSubNQN+"x", 1)
+	if g1 != g1b || u1 != u1b {
+		t.Error("IDs change between calls")
+	}
+	if g1 == g2 || u1 == u2 || g1 == g3 || u1 == u3 {
+		t.Error("IDs collide across namespaces or subsystems")
+	}
+	if u1[6]>>4 != 8 || u1[8]>>6 != 2 {
+		t.Errorf("UUID %x: not an RFC 9562 version 8 UUID", u1)
 	}
 }
