@@ -30,30 +30,66 @@ func benchRead(b *testing.B, size, depth int, opts clientOpts, cfg Config) {
 		bufs[i] = make([]byte, size)
 	}
 	blocks := size / 512
-	issue := func(i, n int) {
-		k, err := q.sendRead(1, uint64((n%slots)*blocks), bufs[i], 512)
+	next := 0
+	slbas := make([]uint64, 0, depth)
+	batch := make([][]byte, 0, depth)
+	slotOf := make([]int, 0, depth)
+	// issue starts reads in the given slots with one write.
+	issue := func(slotIdx []int) {
+		slbas, batch = slbas[:0], batch[:0]
+		for _, i := range slotIdx {
+			slbas = append(slbas, uint64((next%slots)*blocks))
+			batch = append(batch, bufs[i])
+			next++
+		}
+		ks, err := q.sendReads(1, slbas, batch, 512)
 		if err != nil {
 			b.Fatal(err)
 		}
-		calls[i] = k
+		for j, i := range slotIdx {
+			calls[i] = ks[j]
+		}
 	}
 	b.SetBytes(int64(size))
 	b.ReportAllocs()
 	b.ResetTimer()
-	n := 0
-	for i := 0; i < depth && n < b.N; i++ {
-		issue(i, n)
-		n++
+	for i := 0; i < depth && i < b.N; i++ {
+		slotOf = append(slotOf, i)
 	}
-	for done := 0; done < b.N; done++ {
-		i := done % depth
-		r := calls[i].wait(callTimeout)
-		if r.Err != nil || !r.Status.Success() {
-			b.Fatalf("read: %v %v", r.Err, r.Status)
+	issue(slotOf)
+	inFlight := len(slotOf)
+	for done := 0; done < b.N; {
+		// Wait for the oldest, then take every other one already done.
+		slotOf = slotOf[:0]
+		for i := range calls {
+			k := calls[i]
+			if k == nil {
+				continue
+			}
+			if len(slotOf) > 0 {
+				select {
+				case <-k.done:
+				default:
+					continue
+				}
+			}
+			r := k.wait(callTimeout)
+			if r.Err != nil || !r.Status.Success() {
+				b.Fatalf("read: %v %v", r.Err, r.Status)
+			}
+			calls[i] = nil
+			done++
+			inFlight--
+			if next < b.N {
+				slotOf = append(slotOf, i)
+			}
 		}
-		if n < b.N {
-			issue(i, n)
-			n++
+		if len(slotOf) > 0 {
+			issue(slotOf)
+			inFlight += len(slotOf)
+		}
+		if inFlight == 0 {
+			break
 		}
 	}
 	b.StopTimer()

@@ -22,7 +22,8 @@ type conn struct {
 	w   *writer
 	rd  *wire.Reader
 	// params are set by the reader at ICReq, before any command goroutine
-	// exists, and never change afterwards.
+	// exists; only MaxInCapsule, which the reader alone uses, changes after
+	// (at Connect).
 	params     wire.Params
 	hostMaxR2T int
 
@@ -200,6 +201,8 @@ func (c *conn) icReq(r wire.ICReq) {
 		RxPDA:        0,
 		TxPDA:        r.HPDA(),
 		MaxData:      c.t.cfg.MaxH2CData,
+		// Until Connect says which queue this is: enough for an admin
+		// capsule and for the Connect data.
 		MaxInCapsule: max(c.t.cfg.InCapsuleSize, adminInCapsule),
 	}
 	c.hostMaxR2T = int(min(uint64(r.MaxR2T())+1, maxR2TPerCommand))

@@ -268,6 +268,24 @@ func TestFatalErrors(t *testing.T) {
 	r2tCase("H2CData beyond the R2T", wire.FESOutOfRange, 16, func(f *wire.DataFields, r wire.R2TFields) { f.DataLen += 512 })
 	r2tCase("H2CData LAST before the end", wire.FESInvalidHeader, 1, func(f *wire.DataFields, r wire.R2TFields) { f.DataLen -= 512 })
 
+	t.Run("in-capsule data beyond IOCCSZ", func(t *testing.T) {
+		small := startTarget(t, Config{InCapsuleSize: 4096})
+		s := openSession(t, small.addr, clientOpts{}, testHostNQN, 1, 32)
+		// The admin queue takes 8 KiB in a capsule (as Linux sends).
+		ka := nvme.SQEFields{Opcode: nvme.AdminKeepAlive, Flags: nvme.FlagsPSDTSGL}
+		must(t, "admin capsule with 8 KiB", s.admin.do(&ka, make([]byte, 8192), nil, nil))
+		must(t, "I/O write of 4 KiB in the capsule", s.io[0].write(1, 0, make([]byte, 4096), 512, true))
+		f := rwFields(nvme.IOWrite, 1, 0, 16, 8192, true)
+		var b [wire.MaxHeaderBuf]byte
+		wire.CapsuleCmd(b[:]).Encode().Encode(&f)
+		want := bytes.Clone(s.io[0].tx.Seal(b[:], 8192)[:8])
+		s.io[0].send(&f, make([]byte, 8192), nil, nil)
+		ti, err := s.io[0].terminated(callTimeout)
+		if ti == nil {
+			t.Fatalf("no TermReq: %v", err)
+		}
+		check(t, *ti, wire.FESLimitExceeded, 4, want)
+	})
 	t.Run("command id in use", func(t *testing.T) {
 		c := dialClient(t, tt.addr, clientOpts{})
 		c.adminSession(t, testSubNQN, testHostNQN, 0)

@@ -97,6 +97,11 @@ func (c *conn) connect(cmd *command) (uint64, nvme.Status) {
 	c.ctrl = ctrl
 	c.qid = qid
 	c.connected = true
+	if qid != 0 {
+		// From now on in-capsule data is bounded by what Identify
+		// advertises (IOCCSZ); the admin queue keeps its 8 KiB.
+		c.params.MaxInCapsule = t.cfg.InCapsuleSize
+	}
 	c.mu.Lock()
 	c.depth = int(sqsize) + 1
 	c.mu.Unlock()
