@@ -296,10 +296,10 @@ const (
 )
 
 // admin runs one admin command with a timeout of IOTimeout.
-func (a *assoc) adminCmd(ctx context.Context, f *nvme.SQEFields, data []byte, dir dataDir) (uint64, error) {
+func (a *assoc) adminCmd(ctx context.Context, sqe *[nvme.SQELen]byte, data []byte, dir dataDir) (uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, a.c.opts.IOTimeout)
 	defer cancel()
-	st, res, err := a.admin.exec(ctx, f, data, dir)
+	st, res, err := a.admin.exec(ctx, sqe, data, dir)
 	if err != nil {
 		return 0, err
 	}
@@ -344,11 +344,9 @@ func (a *assoc) connectQueue(ctx context.Context, q *queue, cntlid uint16, depth
 }
 
 func (a *assoc) propGet(ctx context.Context, off uint32, size8 bool) (uint64, error) {
-	var f nvme.SQEFields
 	var sqe [nvme.SQELen]byte
 	nvme.SQE(sqe[:]).EncodeProperty(&nvme.PropertyFields{Offset: off, Size8: size8})
-	sqeToFields(sqe[:], &f)
-	v, err := a.adminCmd(ctx, &f, nil, dirNone)
+	v, err := a.adminCmd(ctx, &sqe, nil, dirNone)
 	if err != nil {
 		return 0, fmt.Errorf("host: property get %#x: %w", off, err)
 	}
@@ -359,25 +357,12 @@ func (a *assoc) propGet(ctx context.Context, off uint32, size8 bool) (uint64, er
 }
 
 func (a *assoc) propSet(ctx context.Context, off uint32, v uint32) error {
-	var f nvme.SQEFields
 	var sqe [nvme.SQELen]byte
 	nvme.SQE(sqe[:]).EncodeProperty(&nvme.PropertyFields{Set: true, Offset: off, Value: uint64(v)})
-	sqeToFields(sqe[:], &f)
-	if _, err := a.adminCmd(ctx, &f, nil, dirNone); err != nil {
+	if _, err := a.adminCmd(ctx, &sqe, nil, dirNone); err != nil {
 		return fmt.Errorf("host: property set %#x: %w", off, err)
 	}
 	return nil
-}
-
-// sqeToFields reads an encoded SQE back into fields (the Fabrics encoders
-// write views; exec takes fields).
-func sqeToFields(s nvme.SQE, f *nvme.SQEFields) {
-	*f = nvme.SQEFields{
-		Opcode: s.Opcode(), Flags: s.Flags(), CID: s.CID(), NSID: s.NSID(),
-		CDW2: s.CDW(2), CDW3: s.CDW(3), MPTR: s.MPTR(),
-		DPTR:  nvme.SGLFields{Address: s.DPTR().Address(), Length: s.DPTR().Length(), ID: s.DPTR().ID()},
-		CDW10: s.CDW10(), CDW11: s.CDW11(), CDW12: s.CDW12(), CDW13: s.CDW13(), CDW14: s.CDW14(), CDW15: s.CDW15(),
-	}
 }
 
 // CC fields the host sets: CSS NVM (0), MPS 4 KiB (0), AMS round robin (0),
@@ -431,8 +416,10 @@ func (a *assoc) pollCSTS(ctx context.Context, timeout time.Duration, what string
 }
 
 func (a *assoc) identifyCmd(ctx context.Context, cns uint8, nsid uint32) ([]byte, error) {
-	buf := make([]byte, identifyLen)
-	_, err := a.adminCmd(ctx, &nvme.SQEFields{Opcode: nvme.AdminIdentify, NSID: nsid, CDW10: uint32(cns)}, buf, dirRead)
+	buf := make([]byte, nvme.IdentifyDataLen)
+	var sqe [nvme.SQELen]byte
+	nvme.SQE(sqe[:]).EncodeIdentify(&nvme.IdentifyFields{NSID: nsid, CNS: cns})
+	_, err := a.adminCmd(ctx, &sqe, buf, dirRead)
 	if err != nil {
 		return nil, fmt.Errorf("host: identify cns %d nsid %d: %w", cns, nsid, err)
 	}
@@ -441,7 +428,7 @@ func (a *assoc) identifyCmd(ctx context.Context, cns uint8, nsid uint32) ([]byte
 
 // identify reads Identify Controller and derives the transfer limits.
 func (a *assoc) identify(ctx context.Context) error {
-	b, err := a.identifyCmd(ctx, cnsController, 0)
+	b, err := a.identifyCmd(ctx, nvme.CNSController, 0)
 	if err != nil {
 		return err
 	}
@@ -470,7 +457,7 @@ func (a *assoc) identify(ctx context.Context) error {
 
 // identifyNamespaces reads the active namespace list and each namespace.
 func (a *assoc) identifyNamespaces(ctx context.Context) error {
-	b, err := a.identifyCmd(ctx, cnsActiveNamespace, 0)
+	b, err := a.identifyCmd(ctx, nvme.CNSActiveNSList, 0)
 	if err != nil {
 		return err
 	}
@@ -480,7 +467,7 @@ func (a *assoc) identifyNamespaces(ctx context.Context) error {
 	}
 	a.ns = make(map[uint32]Namespace, len(ids))
 	for _, id := range ids {
-		b, err := a.identifyCmd(ctx, cnsNamespace, id)
+		b, err := a.identifyCmd(ctx, nvme.CNSNamespace, id)
 		if err != nil {
 			return err
 		}
@@ -506,11 +493,14 @@ func (a *assoc) connectIOQueues(ctx context.Context) error {
 	if want == 0 {
 		return nil
 	}
-	res, err := a.adminCmd(ctx, &nvme.SQEFields{Opcode: nvme.AdminSetFeatures, CDW10: featureNumQueues, CDW11: uint32(want-1)<<16 | uint32(want-1)}, nil, dirNone)
+	var sqe [nvme.SQELen]byte
+	nvme.SQE(sqe[:]).EncodeFeatures(&nvme.FeaturesFields{Set: true, FID: nvme.FeatNumQueues, Value: nvme.NumQueuesValue(want, want)})
+	res, err := a.adminCmd(ctx, &sqe, nil, dirNone)
 	if err != nil {
 		return fmt.Errorf("host: set features number of queues: %w", err)
 	}
-	granted := int(min(res&0xffff, res>>16&0xffff)) + 1
+	sq, cq := nvme.NumQueues(uint32(res))
+	granted := min(sq, cq)
 	n := min(want, granted)
 	depth := min(o.QueueSize, int(a.cap&0xffff)+1)
 	if a.info.MaxCmd != 0 {
@@ -618,7 +608,9 @@ func (a *assoc) startKeepAlive() {
 				return
 			}
 			ctx, cancel := context.WithTimeout(c.closeCtx, kato)
-			st, _, err := a.admin.exec(ctx, &nvme.SQEFields{Opcode: nvme.AdminKeepAlive}, nil, dirNone)
+			var sqe [nvme.SQELen]byte
+			nvme.SQE(sqe[:]).Encode(&nvme.SQEFields{Opcode: nvme.AdminKeepAlive})
+			st, _, err := a.admin.exec(ctx, &sqe, nil, dirNone)
 			cancel()
 			if c.closeCtx.Err() != nil {
 				return

@@ -2,7 +2,6 @@ package host
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 
 	"github.com/nvmefs/nvmefs/nvmetcp/nvme"
@@ -29,26 +28,27 @@ func (c *Controller) discoveryLog(ctx context.Context) ([]DiscoveryEntry, error)
 	if err != nil {
 		return nil, err
 	}
-	hdr := make([]byte, discoveryHeaderLen)
+	hdr := make([]byte, nvme.DiscoveryLogHeaderLen)
 	for try := 0; try < 3; try++ {
-		if err := a.getLogPage(ctx, logPageDiscovery, 0, hdr); err != nil {
+		if err := a.getLogPage(ctx, nvme.LogDiscovery, 0, hdr); err != nil {
 			return nil, err
 		}
-		gen, num := binary.LittleEndian.Uint64(hdr[0:]), binary.LittleEndian.Uint64(hdr[8:])
+		h := nvme.DiscoveryLogHeader(hdr)
+		gen, num := h.GenCtr(), h.NumRec()
 		if num > maxDiscoveryRecords {
 			return nil, fmt.Errorf("host: discovery log has %d records, more than the %d read", num, maxDiscoveryRecords)
 		}
-		log := make([]byte, discoveryHeaderLen+int(num)*discoveryEntryLen)
-		if err := a.getLogPage(ctx, logPageDiscovery, 0, log); err != nil {
+		log := make([]byte, nvme.DiscoveryLogHeaderLen+int(num)*nvme.DiscoveryLogEntryLen)
+		if err := a.getLogPage(ctx, nvme.LogDiscovery, 0, log); err != nil {
 			return nil, err
 		}
-		if binary.LittleEndian.Uint64(log[0:]) != gen || binary.LittleEndian.Uint64(log[8:]) != num {
+		if h := nvme.DiscoveryLogHeader(log); h.GenCtr() != gen || h.NumRec() != num {
 			continue // changed while read
 		}
 		entries := make([]DiscoveryEntry, 0, num)
 		for i := range int(num) {
-			off := discoveryHeaderLen + i*discoveryEntryLen
-			entries = append(entries, parseDiscoveryEntry(log[off:off+discoveryEntryLen]))
+			off := nvme.DiscoveryLogHeaderLen + i*nvme.DiscoveryLogEntryLen
+			entries = append(entries, parseDiscoveryEntry(log[off:off+nvme.DiscoveryLogEntryLen]))
 		}
 		return entries, nil
 	}
@@ -61,16 +61,10 @@ func (a *assoc) getLogPage(ctx context.Context, lid uint8, off uint64, buf []byt
 	step := min(a.info.MaxTransfer, maxTransferAdmin)
 	for done := 0; done < len(buf); {
 		n := min(len(buf)-done, step)
-		numd := uint32(n/4 - 1)
 		o := off + uint64(done)
-		f := nvme.SQEFields{
-			Opcode: nvme.AdminGetLogPage,
-			CDW10:  uint32(lid) | numd<<16,
-			CDW11:  numd >> 16,
-			CDW12:  uint32(o),
-			CDW13:  uint32(o >> 32),
-		}
-		if _, err := a.adminCmd(ctx, &f, buf[done:done+n], dirRead); err != nil {
+		var sqe [nvme.SQELen]byte
+		nvme.SQE(sqe[:]).EncodeGetLogPage(&nvme.GetLogPageFields{LID: lid, Len: uint32(n), Offset: o})
+		if _, err := a.adminCmd(ctx, &sqe, buf[done:done+n], dirRead); err != nil {
 			return fmt.Errorf("host: get log page %#x offset %d: %w", lid, o, err)
 		}
 		done += n

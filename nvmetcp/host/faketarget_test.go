@@ -101,7 +101,7 @@ func newFakeTargetOn(t *testing.T, ln net.Listener, cfg fakeConfig) *fakeTarget 
 		cfg.maxQueues = 4
 	}
 	if cfg.oncs == 0 {
-		cfg.oncs = oncsDSM | oncsWriteZeroes
+		cfg.oncs = nvme.ONCSDSM | nvme.ONCSWriteZeroes
 	}
 	ft := &fakeTarget{t: t, ln: ln, cfg: cfg, ns: map[uint32]*fakeNS{}, ctrls: map[uint16]*fakeCtrl{}, nextID: 1, conns: map[net.Conn]bool{}}
 	for i, size := range cfg.nsSizes {
@@ -483,9 +483,9 @@ func (fc *fakeConn) admin(sqe nvme.SQE, dlen int) bool {
 	le := binary.LittleEndian
 	switch sqe.Opcode() {
 	case nvme.AdminIdentify:
-		b := make([]byte, identifyLen)
+		b := make([]byte, nvme.IdentifyDataLen)
 		switch sqe.CDW10() & 0xff {
-		case cnsController:
+		case nvme.CNSController:
 			copy(b[4:24], "FAKE0001            ")
 			copy(b[24:64], "nvmefs fake target                      ")
 			b[77] = ft.cfg.mdts
@@ -500,11 +500,11 @@ func (fc *fakeConn) admin(sqe nvme.SQE, dlen int) bool {
 			copy(b[768:1023], nqn)
 			le.PutUint32(b[1792:], ft.cfg.ioccsz)
 			le.PutUint32(b[1796:], 1)
-		case cnsActiveNamespace:
+		case nvme.CNSActiveNSList:
 			for i := range len(ft.ns) {
 				le.PutUint32(b[4*i:], uint32(i+1))
 			}
-		case cnsNamespace:
+		case nvme.CNSNamespace:
 			ns := ft.ns[sqe.NSID()]
 			if ns == nil {
 				return fc.respond(cid, nvme.StatusInvalidNamespace|nvme.StatusDNR, 0)
@@ -520,12 +520,12 @@ func (fc *fakeConn) admin(sqe nvme.SQE, dlen int) bool {
 		default:
 			return fc.respond(cid, nvme.StatusInvalidField|nvme.StatusDNR, 0)
 		}
-		if dlen != identifyLen {
+		if dlen != nvme.IdentifyDataLen {
 			return fc.respond(cid, nvme.StatusDataSGLLengthInvalid|nvme.StatusDNR, 0)
 		}
 		return fc.sendData(cid, b)
 	case nvme.AdminSetFeatures:
-		if sqe.CDW10()&0xff != featureNumQueues {
+		if sqe.CDW10()&0xff != nvme.FeatNumQueues {
 			return fc.respond(cid, nvme.StatusInvalidField|nvme.StatusDNR, 0)
 		}
 		n := uint64(min(int(sqe.CDW11()&0xffff)+1, ft.cfg.maxQueues) - 1)
@@ -533,7 +533,7 @@ func (fc *fakeConn) admin(sqe nvme.SQE, dlen int) bool {
 	case nvme.AdminKeepAlive:
 		return fc.respond(cid, 0, 0)
 	case nvme.AdminGetLogPage:
-		if sqe.CDW10()&0xff != logPageDiscovery || !fc.disc {
+		if sqe.CDW10()&0xff != nvme.LogDiscovery || !fc.disc {
 			return fc.respond(cid, nvme.StatusInvalidLogPage|nvme.StatusDNR, 0)
 		}
 		numd := int(sqe.CDW10()>>16|sqe.CDW11()<<16) + 1

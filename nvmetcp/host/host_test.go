@@ -308,8 +308,9 @@ func TestTargetRestartMidRead(t *testing.T) {
 		t.Error(err)
 	}
 	s := c.Stats()
-	if s.Recoveries != 1 || s.Total.Reconnects == 0 || s.Total.Retries == 0 {
-		t.Errorf("recoveries %d reconnects %d retries %d", s.Recoveries, s.Total.Reconnects, s.Total.Retries)
+	// Retries depend on whether reads were in flight when the target went.
+	if s.Recoveries != 1 || s.Total.Reconnects == 0 {
+		t.Errorf("recoveries %d reconnects %d", s.Recoveries, s.Total.Reconnects)
 	}
 	if s.Total.Commands <= before {
 		t.Error("no command after the restart")

@@ -1,36 +1,16 @@
 package host
 
 import (
-	"bytes"
-	"encoding/binary"
 	"fmt"
+
+	"github.com/nvmefs/nvmefs/nvmetcp/nvme"
 )
 
-// Identify and log page layouts the host reads (NVMe Base 2.0, NVMe over
-// Fabrics 1.1). Parsed here into plain structs; only what the host uses.
+// What the host keeps of Identify and the discovery log page, read through
+// the nvme package's views.
 
-const (
-	identifyLen = 4096
-
-	cnsNamespace       = 0x00
-	cnsController      = 0x01
-	cnsActiveNamespace = 0x02
-
-	featureNumQueues = 0x07
-
-	logPageDiscovery = 0x70
-
-	discoveryHeaderLen = 1024
-	discoveryEntryLen  = 1024
-	// maxDiscoveryRecords bounds the discovery log the host reads (1 MiB).
-	maxDiscoveryRecords = 1023
-)
-
-// ONCS bits (optional NVM command support).
-const (
-	oncsDSM         = 1 << 2
-	oncsWriteZeroes = 1 << 3
-)
+// maxDiscoveryRecords bounds the discovery log the host reads (1 MiB).
+const maxDiscoveryRecords = 1023
 
 // ControllerInfo is what Identify Controller and Connect told the host.
 type ControllerInfo struct {
@@ -61,25 +41,25 @@ type ControllerInfo struct {
 }
 
 func parseIdentifyController(b []byte, ci *ControllerInfo) error {
-	if len(b) < identifyLen {
+	if len(b) < nvme.IdentifyDataLen {
 		return fmt.Errorf("identify controller: %d bytes", len(b))
 	}
-	le := binary.LittleEndian
-	ci.VendorID = le.Uint16(b[0:])
-	ci.Serial = trimField(b[4:24])
-	ci.Model = trimField(b[24:64])
-	ci.Firmware = trimField(b[64:72])
-	ci.MDTS = b[77]
-	ci.KAS = le.Uint16(b[320:])
-	ci.MaxCmd = le.Uint16(b[514:])
-	ci.NN = le.Uint32(b[516:])
-	ci.ONCS = le.Uint16(b[520:])
-	ci.VWC = b[525]&1 != 0
-	ci.SGLS = le.Uint32(b[536:])
-	ci.SubNQN = trimField(b[768:1024])
-	ci.IOCCSZ = le.Uint32(b[1792:])
-	ci.IORCSZ = le.Uint32(b[1796:])
-	ci.ICDOFF = le.Uint16(b[1800:])
+	id := nvme.IdentifyController(b)
+	ci.VendorID = id.VID()
+	ci.Serial = id.Serial()
+	ci.Model = id.Model()
+	ci.Firmware = id.Firmware()
+	ci.MDTS = id.MDTS()
+	ci.KAS = id.KAS()
+	ci.MaxCmd = id.MaxCmd()
+	ci.NN = id.NN()
+	ci.ONCS = id.ONCS()
+	ci.VWC = id.VWC()&nvme.VWCPresent != 0
+	ci.SGLS = id.SGLS()
+	ci.SubNQN = id.SubNQN()
+	ci.IOCCSZ = id.IOCCSZ()
+	ci.IORCSZ = id.IORCSZ()
+	ci.ICDOFF = id.ICDOFF()
 	return nil
 }
 
@@ -96,47 +76,36 @@ type Namespace struct {
 func (n Namespace) Size() int64 { return int64(n.Blocks) * int64(n.BlockSize) }
 
 func parseIdentifyNamespace(nsid uint32, b []byte) (Namespace, error) {
-	if len(b) < identifyLen {
+	if len(b) < nvme.IdentifyDataLen {
 		return Namespace{}, fmt.Errorf("identify namespace %d: %d bytes", nsid, len(b))
 	}
-	le := binary.LittleEndian
-	ns := Namespace{ID: nsid, Blocks: le.Uint64(b[0:])}
-	nlbaf := int(b[25]) + 1
-	flbas := int(b[26]&0x0f) | int(b[26]>>5&0x3)<<4
-	if flbas >= nlbaf || flbas >= 64 {
-		return ns, fmt.Errorf("identify namespace %d: FLBAS %d beyond %d formats", nsid, flbas, nlbaf)
+	id := nvme.IdentifyNamespace(b)
+	ns := Namespace{ID: nsid, Blocks: id.NSZE(), NGUID: id.NGUID(), EUI64: id.EUI64()}
+	if f := int(id.FLBAS() & 0xf); f > int(id.NLBAF()) {
+		return ns, fmt.Errorf("namespace %d: LBA format %d beyond the %d listed", nsid, f, int(id.NLBAF())+1)
 	}
-	lbaf := b[128+4*flbas:]
-	if ms := le.Uint16(lbaf[0:]); ms != 0 {
+	if ms := id.LBAFormat(int(id.FLBAS() & 0xf)).MetadataSize; ms != 0 {
 		return ns, fmt.Errorf("namespace %d: %d bytes of metadata per block are not supported", nsid, ms)
 	}
-	lbads := lbaf[2]
-	if lbads < 9 || lbads > 16 {
-		return ns, fmt.Errorf("namespace %d: LBA data size 2^%d not supported", nsid, lbads)
+	ns.BlockSize = id.BlockSize()
+	if ns.BlockSize == 0 || ns.BlockSize > 1<<16 {
+		return ns, fmt.Errorf("namespace %d: LBA data size not supported", nsid)
 	}
-	ns.BlockSize = 1 << lbads
-	if ns.Blocks > 1<<63/uint64(ns.BlockSize) {
+	if ns.Blocks > 1<<62/uint64(ns.BlockSize) {
 		return ns, fmt.Errorf("namespace %d: %d blocks is too large", nsid, ns.Blocks)
 	}
-	copy(ns.NGUID[:], b[104:120])
-	copy(ns.EUI64[:], b[120:128])
 	return ns, nil
 }
 
-// parseActiveNamespaces reads an active namespace ID list: ascending NSIDs,
+// parseActiveNamespaces reads an active namespace ID list: NSIDs ascending,
 // ended by the first 0.
 func parseActiveNamespaces(b []byte) ([]uint32, error) {
-	var ids []uint32
+	ids := nvme.NSList(b).IDs()
 	var last uint32
-	for i := 0; i+4 <= len(b) && i < identifyLen; i += 4 {
-		id := binary.LittleEndian.Uint32(b[i:])
-		if id == 0 {
-			break
-		}
-		if id <= last || id == 0xffffffff {
+	for _, id := range ids {
+		if id <= last || id == nvme.NSIDAll {
 			return nil, fmt.Errorf("active namespace list: NSID %d after %d", id, last)
 		}
-		ids = append(ids, id)
 		last = id
 	}
 	return ids, nil
@@ -159,20 +128,20 @@ type DiscoveryEntry struct {
 }
 
 func parseDiscoveryEntry(b []byte) DiscoveryEntry {
-	le := binary.LittleEndian
+	e := nvme.DiscoveryLogEntry(b)
 	return DiscoveryEntry{
-		TransportType:   b[0],
-		AddressFamily:   b[1],
-		SubsystemType:   b[2],
-		TransportReq:    b[3],
-		PortID:          le.Uint16(b[4:]),
-		CntlID:          le.Uint16(b[6:]),
-		AdminQueueSize:  le.Uint16(b[8:]),
-		Flags:           le.Uint16(b[10:]),
-		ServiceID:       trimField(b[32:64]),
-		SubNQN:          trimField(b[256:512]),
-		Address:         trimField(b[512:768]),
-		TCPSecurityType: b[768],
+		TransportType:   e.TrType(),
+		AddressFamily:   e.AdrFam(),
+		SubsystemType:   e.SubType(),
+		TransportReq:    e.TReq(),
+		PortID:          e.PortID(),
+		CntlID:          e.CntlID(),
+		AdminQueueSize:  e.ASQSZ(),
+		Flags:           e.EFlags(),
+		ServiceID:       e.TrSvcID(),
+		SubNQN:          e.SubNQN(),
+		Address:         e.TrAddr(),
+		TCPSecurityType: e.SecType(),
 	}
 }
 
@@ -241,12 +210,4 @@ func (e DiscoveryEntry) SecurityName() string {
 		return "tls13"
 	}
 	return fmt.Sprintf("%d", e.TCPSecurityType)
-}
-
-// trimField turns a fixed-size ASCII field (space or NUL padded) into a string.
-func trimField(b []byte) string {
-	if i := bytes.IndexByte(b, 0); i >= 0 {
-		b = b[:i]
-	}
-	return string(bytes.TrimRight(b, " "))
 }

@@ -68,7 +68,7 @@ func (c *Controller) WriteZeroes(ctx context.Context, nsid uint32, lba, nlb uint
 	if err != nil {
 		return err
 	}
-	if a.info.ONCS&oncsWriteZeroes == 0 {
+	if a.info.ONCS&nvme.ONCSWriteZeroes == 0 {
 		return fmt.Errorf("host: write zeroes: %w", ErrNotSupported)
 	}
 	n := int((nlb + maxBlocksPerCommand - 1) / maxBlocksPerCommand)
@@ -99,7 +99,7 @@ func (c *Controller) Deallocate(ctx context.Context, nsid uint32, ranges []Range
 	if err != nil {
 		return err
 	}
-	if a.info.ONCS&oncsDSM == 0 {
+	if a.info.ONCS&nvme.ONCSDSM == 0 {
 		return fmt.Errorf("host: deallocate: %w", ErrNotSupported)
 	}
 	var split []Range

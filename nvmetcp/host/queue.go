@@ -424,13 +424,14 @@ func (q *queue) complete(r *request, st nvme.Status, result uint64, err error) {
 	}
 }
 
-// exec runs one command on this queue: the admin commands and Connect.
-func (q *queue) exec(ctx context.Context, sqe *nvme.SQEFields, data []byte, dir dataDir) (nvme.Status, uint64, error) {
+// exec runs one command (an encoded SQE) on this queue: the admin
+// commands. The SGL descriptor is made to fit data.
+func (q *queue) exec(ctx context.Context, sqe *[nvme.SQELen]byte, data []byte, dir dataDir) (nvme.Status, uint64, error) {
 	r, err := q.get(ctx)
 	if err != nil {
 		return 0, 0, err
 	}
-	nvme.SQE(r.sqe[:]).Encode(sqe)
+	r.sqe = *sqe
 	q.setData(r, data, dir)
 	if err := q.submit(r); err != nil {
 		q.put(r)
