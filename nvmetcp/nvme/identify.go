@@ -64,6 +64,7 @@ const (
 const (
 	CMICMultiCtrl      = 1 << 1 // the subsystem may have several controllers
 	CTRATTHostID128    = 1 << 0 // 128-bit host identifier
+	CTRATTTBKAS        = 1 << 6 // traffic based keep alive: any command restarts the timer
 	OAESNSAttrChanged  = 1 << 8 // namespace attribute notices
 	LPASMARTPerNS      = 1 << 0
 	LPACmdEffects      = 1 << 1

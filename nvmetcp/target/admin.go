@@ -114,11 +114,14 @@ func (c *conn) identify(cmd *command) nvme.Status {
 func (ctrl *controller) identifyFields() *nvme.IdentifyControllerFields {
 	t := ctrl.t
 	f := &nvme.IdentifyControllerFields{
-		Serial:    t.cfg.Serial,
-		Model:     t.cfg.Model,
-		Firmware:  t.cfg.Firmware,
-		CntlID:    ctrl.id,
-		Version:   versionValue,
+		Serial:   t.cfg.Serial,
+		Model:    t.cfg.Model,
+		Firmware: t.cfg.Firmware,
+		CntlID:   ctrl.id,
+		Version:  versionValue,
+		// Not CTRATT.TBKAS: hosts keep sending Keep Alive whatever the
+		// traffic, which is safer with hosts whose TBKAS polling races
+		// the timeout (Linux before its KA frequency fix).
 		CTRATT:    nvme.CTRATTHostID128,
 		MDTS:      t.mdtsField,
 		ACL:       3,

@@ -460,6 +460,10 @@ func (c *conn) execute(cmd *command) {
 func (c *conn) complete(cmd *command, result uint64, st nvme.Status) {
 	s := cmd.SQE()
 	cid := s.CID()
+	if c.ctrl != nil {
+		// Traffic based keep alive: the host counts completions.
+		c.ctrl.touch()
+	}
 	if !st.Success() {
 		if c.ctrl != nil {
 			c.ctrl.logError(c.qid, cmd, st)

@@ -20,6 +20,8 @@
 //   - Namespaces are store.Store values, NSID = index+1, shared by every
 //     controller; their NGUID and UUID derive from the subsystem NQN and NSID,
 //     so they are stable across restarts.
-//   - Keep-alive is traffic based, as in Linux's nvmet: any command on any
-//     queue of a controller restarts its timer, Keep Alive included.
+//   - Keep-alive: any command received or completed on any queue of a
+//     controller restarts its timer, Keep Alive included (as Linux's nvmet
+//     does). That is more lenient than the specification asks without
+//     CTRATT.TBKAS, which is not advertised: hosts still send Keep Alive.
 package target

@@ -371,8 +371,10 @@ func TestKeepAliveTimeout(t *testing.T) {
 	tt := startTarget(t, Config{})
 	// A controller that stays silent past its KATO loses every queue.
 	idle := openSessionKATO(t, tt.addr, testHostNQN, 300)
-	// One that sends Keep Alive in time stays.
+	// One that sends Keep Alive in time stays, and so does one whose only
+	// traffic is I/O (any command restarts the timer).
 	busy := openSessionKATO(t, tt.addr, testHostNQN2, 300)
+	reader := openSessionKATO(t, tt.addr, testHostNQN, 300)
 	stop := make(chan struct{})
 	kaDone := make(chan struct{})
 	go func() {
@@ -385,6 +387,7 @@ func TestKeepAliveTimeout(t *testing.T) {
 				return
 			case <-tick.C:
 				busy.admin.do(&nvme.SQEFields{Opcode: nvme.AdminKeepAlive, Flags: nvme.FlagsPSDTSGL}, nil, nil, nil)
+				reader.io[0].read(1, 0, make([]byte, 512), 512)
 			}
 		}
 	}()
@@ -406,6 +409,8 @@ func TestKeepAliveTimeout(t *testing.T) {
 	must(t, "busy controller I/O", busy.io[0].write(1, 0, pattern(512, 1), 512, true))
 	_, r := busy.admin.identify(nvme.CNSController, 0)
 	must(t, "busy controller admin", r)
+	_, r = reader.admin.identify(nvme.CNSController, 0)
+	must(t, "I/O-only controller admin", r)
 }
 
 func openSessionKATO(tb testing.TB, addr, hostNQN string, katoMS uint32) *ioSession {
