@@ -21,10 +21,12 @@ const (
 // TestKernelHost runs the Linux kernel's NVMe/TCP host (in QEMU, through the
 // kernel-nvme harness) against `nvmefs serve`: it must read both namespaces
 // whole with the right SHA-256 and pattern, and write, read back and restore
-// 1 MiB at the end of each, with and without digests, on several I/O queues,
-// and with reads split into several C2HData PDUs.
+// 1 MiB at the end of each, with and without digests, on one and several I/O
+// queues, with 512- and 4096-byte blocks, and with reads split into several
+// C2HData PDUs and ended by the SUCCESS flag.
 func TestKernelHost(t *testing.T) {
 	peer := needKernelPeer(t)
+	nvmefsBinary(t) // fail once here rather than in every variant
 	dir := t.TempDir()
 	ns1 := filepath.Join(dir, "ns1.img")
 	ns2 := filepath.Join(dir, "ns2.img")
@@ -36,11 +38,16 @@ func TestKernelHost(t *testing.T) {
 		serve  []string // more serve flags
 		host   []string // more host.sh settings
 		queues int      // I/O queues the kernel is expected to set up
+		lba    int      // the block size the kernel is expected to see
 	}{
-		{"digests", []string{"--allow-host", knvmeHostNQN}, []string{"HDGST=1", "DDGST=1", "NR_IO_QUEUES=2"}, 2},
-		{"no-digests", nil, []string{"HDGST=0", "DDGST=0", "NR_IO_QUEUES=2"}, 2},
-		{"header-digest-one-queue", nil, []string{"HDGST=1", "DDGST=0", "NR_IO_QUEUES=1", "QUEUE_SIZE=32"}, 1},
-		{"multi-pdu-reads", []string{"--max-c2h-data", "8192"}, []string{"HDGST=1", "DDGST=1", "NR_IO_QUEUES=2"}, 2},
+		{"digests", []string{"--allow-host", knvmeHostNQN},
+			[]string{"HDGST=1", "DDGST=1", "NR_IO_QUEUES=2"}, 2, 512},
+		{"no-digests-c2h-success", []string{"--c2h-success"},
+			[]string{"HDGST=0", "DDGST=0", "NR_IO_QUEUES=2"}, 2, 512},
+		{"header-digest-one-queue-4k", []string{"--block-size", "4096"},
+			[]string{"HDGST=1", "DDGST=0", "NR_IO_QUEUES=1", "QUEUE_SIZE=32"}, 1, 4096},
+		{"multi-pdu-reads", []string{"--max-c2h-data", "8192", "--c2h-success"},
+			[]string{"HDGST=1", "DDGST=1", "NR_IO_QUEUES=2"}, 2, 512},
 	} {
 		t.Run(v.name, func(t *testing.T) {
 			args := append([]string{"--nqn", khNQN, "--ns", ns1, "--ns", ns2}, v.serve...)
@@ -48,13 +55,13 @@ func TestKernelHost(t *testing.T) {
 			res := peer.RunHost(t, hostRun{
 				Port:    srv.Port,
 				NQN:     khNQN,
-				Timeout: khHostTime,
+				Timeout: hostTimeout(t, khHostTime),
 				Env: append([]string{"WRITE_TEST=1", "PATTERN_CHECK=1",
 					"EXPECT_SHA256_NS1=" + sha1, "EXPECT_SHA256_NS2=" + sha2}, v.host...),
 			})
 			t.Logf("host.sh took %v: %s", res.Duration.Round(100*time.Millisecond), res.Result)
 			srv.Stop(t)
-			ok := checkKernelHostRun(t, res, v.queues, sha1, sha2)
+			ok := checkKernelHostRun(t, res, v.queues, v.lba, sha1, sha2)
 			if !ok || t.Failed() {
 				t.Logf("guest console (nvme lines):\n%s", res.nvmeExcerpt())
 				t.Logf("nvmefs serve log:\n%s", tail(srv.Log(), 60))
@@ -81,7 +88,7 @@ func TestKernelHost(t *testing.T) {
 }
 
 // checkKernelHostRun checks host.sh's verdict and what the guest saw.
-func checkKernelHostRun(t *testing.T, res *hostResult, queues int, sha1, sha2 string) bool {
+func checkKernelHostRun(t *testing.T, res *hostResult, queues, lba int, sha1, sha2 string) bool {
 	t.Helper()
 	before := t.Failed()
 	if !res.Pass {
@@ -108,8 +115,8 @@ func checkKernelHostRun(t *testing.T, res *hostResult, queues int, sha1, sha2 st
 			t.Errorf("the kernel host saw no namespace %s (namespaces: %v)", want.nsid, res.Namespaces())
 			continue
 		}
-		if ns["size"] != want.size || ns["sha256"] != want.sha || ns["pattern"] != "ok" || ns["lba"] != "512" {
-			t.Errorf("namespace %s as the kernel saw it: %v; want size=%s lba=512 sha256=%s pattern=ok", want.nsid, ns, want.size, want.sha)
+		if ns["size"] != want.size || ns["sha256"] != want.sha || ns["pattern"] != "ok" || ns["lba"] != strconv.Itoa(lba) {
+			t.Errorf("namespace %s as the kernel saw it: %v; want size=%s lba=%d sha256=%s pattern=ok", want.nsid, ns, want.size, lba, want.sha)
 		}
 		if w := writes[ns["dev"]]; w["readback"] != "ok" || w["restore"] != "ok" {
 			t.Errorf("write test on %s: %v; want readback=ok restore=ok", ns["dev"], w)
@@ -128,4 +135,48 @@ func tail(s string, n int) string {
 		lines = append([]string{"..."}, lines[len(lines)-n:]...)
 	}
 	return strings.Join(lines, "\n")
+}
+
+// hostTimeout is want, or less when the test binary's deadline (go test
+// -timeout) is nearer, so that a hung VM fails the test with its console
+// rather than the binary panicking on its timeout.
+func hostTimeout(t *testing.T, want time.Duration) time.Duration {
+	t.Helper()
+	deadline, ok := t.Deadline()
+	if !ok {
+		return want
+	}
+	left := time.Until(deadline) - 30*time.Second // margin for stopping and checking
+	if left < 30*time.Second {
+		t.Fatalf("only %v left before the go test -timeout: not enough to boot the kernel host", time.Until(deadline).Round(time.Second))
+	}
+	return min(want, left)
+}
+
+// TestKernelHostRefused checks access control against the kernel host: a
+// host NQN not on --allow-host is refused at Connect with the status the
+// kernel reads as "not allowed" (Connect Invalid Host), and the target logs
+// whom it refused.
+func TestKernelHostRefused(t *testing.T) {
+	peer := needKernelPeer(t)
+	ns := filepath.Join(t.TempDir(), "ns1.img")
+	writePatternFile(t, ns, 1<<20, 1)
+	const other = "nqn.2014-08.org.nvmexpress:uuid:4b4e5650-0000-4000-8000-0000000000aa"
+	srv := startServe(t, "--nqn", khNQN, "--ns", ns, "--allow-host", other)
+	res := peer.RunHost(t, hostRun{Port: srv.Port, NQN: khNQN, Timeout: hostTimeout(t, 60*time.Second)})
+	t.Logf("host.sh took %v: %s", res.Duration.Round(100*time.Millisecond), res.Result)
+	srv.Stop(t)
+	if res.Pass || !strings.Contains(res.Result, "KNVME-HOST-RESULT: FAIL") || !strings.Contains(res.Result, "connect") {
+		t.Errorf("the kernel host was not refused at connect: %q", res.Result)
+	}
+	if want := "Connect for subsystem " + khNQN + " is not allowed, hostnqn: " + knvmeHostNQN; !strings.Contains(res.Console, want) {
+		t.Errorf("the kernel did not report %q", want)
+	}
+	if log := srv.Log(); !strings.Contains(log, "refused") || !strings.Contains(log, knvmeHostNQN) {
+		t.Errorf("the target did not log that it refused %s", knvmeHostNQN)
+	}
+	if t.Failed() {
+		t.Logf("guest console (nvme lines):\n%s", res.nvmeExcerpt())
+		t.Logf("nvmefs serve log:\n%s", tail(srv.Log(), 60))
+	}
 }
