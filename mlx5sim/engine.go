@@ -1,0 +1,357 @@
+package mlx5sim
+
+import (
+	"errors"
+	"io"
+	"math/rand/v2"
+	"runtime"
+	"syscall"
+
+	"github.com/nvmefs/nvmefs/ddp"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// maxRead bounds one read: a page read maps at most maxIOV pieces.
+	maxRead = maxIOV * ddp.PageSize
+	maxIOV  = 16
+	// minBounce: with less room left in a batch's buffer, hand it off
+	// rather than read a sliver.
+	minBounce = 2048
+)
+
+// errWouldBlock: a non-blocking read found nothing to read.
+var errWouldBlock = errors.New("mlx5sim: would block")
+
+// engine is a socket's receive engine: the one goroutine that reads the
+// connection, packet by packet in stream terms, feeds the tracker and cuts
+// the stream into segments.
+type engine struct {
+	s   *socket
+	t   tracker
+	rng *rand.Rand
+	raw syscall.RawConn // nil: a connection without a file descriptor
+
+	isn ddp.Seq
+	mtu uint64
+	off uint64 // stream offset of the next byte read
+
+	// Packet loss decisions, drawn once per packet in order. Packets below
+	// nextPkt are decided; when lostAhead, packet lostPkt (the last one
+	// decided) is lost and not yet passed.
+	nextPkt   uint64
+	lostPkt   uint64
+	lostAhead bool
+	seenLost  uint64 // lostPkt+1 of the last lost packet the tracker was told of
+
+	iov [][]byte
+	// Counters, flushed to the device's at each handoff.
+	npkts, bytes, offPackets, offBytes uint64
+	lastOffPkt                           uint64 // packet index + 1 of the last packet with placed bytes
+	cpuStart                             int64
+}
+
+func newEngine(s *socket, rng *rand.Rand) *engine {
+	e := &engine{
+		s:   s,
+		rng: rng,
+		isn: s.d.cfg.InitialSeq,
+		mtu: uint64(s.d.cfg.MTU),
+		iov: make([][]byte, 0, maxIOV),
+	}
+	if sc, ok := s.conn.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			e.raw = rc
+		}
+	}
+	e.t = newTracker(s)
+	return e
+}
+
+func (e *engine) run() {
+	s := e.s
+	defer close(s.engineDone)
+	if s.d.cfg.AccountCPU {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		e.cpuStart = threadCPU()
+	}
+	var b *batch
+	err := e.loop(&b)
+	select {
+	case <-s.quit:
+		err = s.stopErr
+	default:
+	}
+	if b != nil {
+		e.handoff(b)
+	}
+	e.flush()
+	s.err = err
+	close(s.full)
+}
+
+// loop reads until the connection fails or the socket stops.
+func (e *engine) loop(bp **batch) error {
+	s := e.s
+	for {
+		select {
+		case <-s.quit:
+			return s.stopErr
+		default:
+		}
+		b := *bp
+		if b == nil {
+			select {
+			case b = <-s.free:
+			case <-s.quit:
+				return s.stopErr
+			}
+			b.used, b.segs = 0, b.segs[:0]
+			*bp = b
+		}
+		block := len(b.segs) == 0
+		e.t.caps = s.d.caps()
+		pe, gen, moff, want := e.t.plan()
+		lost, n := e.packets(min(want, maxRead))
+		var got int
+		var err error
+		if pe != nil && !lost {
+			if !s.beginWrite(pe, gen) {
+				e.t.dropPlace()
+				continue
+			}
+			bufs := pe.pieces(moff, n, e.iov[:0])
+			got, err = e.read(bufs, block)
+			s.endWrite()
+			for _, p := range bufs {
+				if got == 0 {
+					break
+				}
+				k := min(got, len(p))
+				e.consume(b, p[:k], true, false)
+				got -= k
+			}
+		} else {
+			room := len(b.buf) - b.used
+			if room < min(n, minBounce) {
+				e.handoff(b)
+				*bp = nil
+				continue
+			}
+			dst := b.buf[b.used : b.used+min(n, room)]
+			got, err = e.read([][]byte{dst}, block)
+			if got > 0 {
+				b.used += got
+				e.consume(b, dst[:got], false, lost)
+			}
+		}
+		switch {
+		case err == errWouldBlock:
+			e.handoff(b)
+			*bp = nil
+		case err != nil:
+			return err
+		case e.raw == nil || len(b.segs) >= maxBatchSeg:
+			// Without a non-blocking read, hand off after each read: the
+			// next one may wait for bytes that never come.
+			e.handoff(b)
+			*bp = nil
+		}
+	}
+}
+
+// packets decides packet loss up to limit bytes ahead: whether the packet
+// at e.off is lost, and how many bytes from e.off stay on the same side
+// (all lost, up to that packet's end; or none lost, up to the next lost
+// packet).
+func (e *engine) packets(limit int) (lost bool, n int) {
+	cur := e.off / e.mtu
+	e.decide(cur)
+	if e.lostAhead && e.lostPkt == cur {
+		return true, int(min(uint64(limit), (cur+1)*e.mtu-e.off))
+	}
+	end := e.off + uint64(limit)
+	for p := cur + 1; p*e.mtu < end; p++ {
+		e.decide(p)
+		if e.lostAhead && e.lostPkt == p {
+			end = p * e.mtu
+			break
+		}
+	}
+	return false, int(end - e.off)
+}
+
+// decide draws the loss of packets up to p, stopping at the first lost one.
+func (e *engine) decide(p uint64) {
+	for e.nextPkt <= p && !e.lostAhead {
+		if r := loadRate(&e.s.d.lossRate); r > 0 && e.rng.Float64() < r {
+			e.lostAhead, e.lostPkt = true, e.nextPkt
+		}
+		e.nextPkt++
+	}
+}
+
+// read fills bufs from the connection. Unless block, it returns
+// errWouldBlock at once when nothing is there to read.
+func (e *engine) read(bufs [][]byte, block bool) (int, error) {
+	if e.raw == nil {
+		return e.s.conn.Read(bufs[0])
+	}
+	var n int
+	var err error
+	rerr := e.raw.Read(func(fd uintptr) bool {
+		for {
+			if len(bufs) == 1 {
+				n, err = unix.Read(int(fd), bufs[0])
+			} else {
+				n, err = unix.Readv(int(fd), bufs)
+			}
+			if err != unix.EINTR {
+				break
+			}
+		}
+		if err == unix.EAGAIN {
+			if !block {
+				err = errWouldBlock
+				return true
+			}
+			return false // wait for the poller
+		}
+		return true
+	})
+	switch {
+	case rerr != nil:
+		return 0, rerr
+	case err != nil:
+		return max(n, 0), err
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// consume feeds fresh bytes (unless the tracker lost their packet) and
+// cuts them into segments.
+func (e *engine) consume(b *batch, data []byte, placed, lost bool) {
+	t := &e.t
+	t.runs = t.runs[:0]
+	if lost {
+		if pkt := e.off / e.mtu; e.seenLost != pkt+1 {
+			e.seenLost = pkt + 1
+			e.s.d.stats.add(statLossInjected, 1)
+			t.lose()
+		}
+		t.skip(len(data))
+	} else {
+		t.feed(data)
+	}
+	i := 0
+	for r := 0; r < len(t.runs); {
+		ok, n := t.runs[r].ok, 0
+		for ; r < len(t.runs) && t.runs[r].ok == ok; r++ {
+			n += t.runs[r].n
+		}
+		for n > 0 {
+			off := e.off + uint64(i)
+			pkt := off / e.mtu
+			k := min(n, int((pkt+1)*e.mtu-off))
+			b.segs = append(b.segs, ddp.Segment{
+				Bytes:  data[i : i+k : i+k],
+				Seq:    e.isn + ddp.Seq(uint32(off)),
+				Placed: placed,
+				CRCOK:  ok,
+			})
+			if off%e.mtu == 0 {
+				e.npkts++
+			}
+			if placed {
+				e.offBytes += uint64(k)
+				if e.lastOffPkt != pkt+1 {
+					e.lastOffPkt = pkt + 1
+					e.offPackets++
+				}
+			}
+			i += k
+			n -= k
+		}
+	}
+	e.bytes += uint64(len(data))
+	e.off += uint64(len(data))
+	if e.lostAhead && e.off >= (e.lostPkt+1)*e.mtu {
+		e.lostAhead = false // passed: later packets may be decided
+	}
+}
+
+// handoff passes a batch with segments to Recv (never blocks: there are
+// only numBatches batches), or keeps an empty one.
+func (e *engine) handoff(b *batch) {
+	if len(b.segs) == 0 {
+		e.s.free <- b
+		return
+	}
+	e.flush()
+	e.s.full <- b
+}
+
+// flush adds the engine's counters to the device's.
+func (e *engine) flush() {
+	st := &e.s.d.stats
+	st.add(statPackets, e.npkts)
+	st.add(statBytes, e.bytes)
+	st.add(statOffloadPackets, e.offPackets)
+	st.add(statOffloadBytes, e.offBytes)
+	e.npkts, e.bytes, e.offPackets, e.offBytes = 0, 0, 0, 0
+	if e.s.d.cfg.AccountCPU {
+		now := threadCPU()
+		st.add(statEngineCPU, uint64(max(now-e.cpuStart, 0)))
+		e.cpuStart = now
+	}
+}
+
+// undelivered drains the batches Recv never took (after the engine
+// exited) and counts their packets.
+func (e *engine) undelivered() uint64 {
+	var n uint64
+	for b := range e.s.full {
+		last := uint64(1<<64 - 1)
+		for _, seg := range b.segs {
+			if pkt := uint64(uint32(seg.Seq-e.isn)) / e.mtu; pkt != last {
+				n++
+				last = pkt
+			}
+		}
+		e.s.free <- b
+	}
+	return n
+}
+
+// pieces returns the parts of e's buffer that take n bytes at offset moff,
+// at most maxIOV of them.
+func (en *entry) pieces(moff, n int, dst [][]byte) [][]byte {
+	sg := en.io.SG
+	i, within := 0, moff
+	if first := len(sg[0]); moff >= first {
+		k := moff - first
+		i, within = 1+k/ddp.PageSize, k%ddp.PageSize
+	}
+	for ; n > 0 && i < len(sg) && len(dst) < maxIOV; i++ {
+		p := sg[i][within:]
+		if len(p) > n {
+			p = p[:n]
+		}
+		dst = append(dst, p)
+		n -= len(p)
+		within = 0
+	}
+	return dst
+}
+
+// threadCPU is the calling thread's CPU time in nanoseconds.
+func threadCPU() int64 {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts) != nil {
+		return 0
+	}
+	return ts.Nano()
+}
