@@ -47,8 +47,8 @@ type engine struct {
 	iov [][]byte
 	// Counters, flushed to the device's at each handoff.
 	npkts, bytes, offPackets, offBytes uint64
-	lastOffPkt                           uint64 // packet index + 1 of the last packet with placed bytes
-	cpuStart                             int64
+	lastOffPkt                         uint64 // packet index + 1 of the last packet with placed bytes
+	cpuStart                           int64
 }
 
 func newEngine(s *socket, rng *rand.Rand) *engine {

@@ -176,11 +176,11 @@ type fakeHost struct {
 
 	// Counts.
 	pdus, dataPDUs, offloaded, software, digestErrors int
-	resyncReqs, resyncYes, resyncNo                     int
-	placedBytes, copiedBytes, segments, placedSegs      int
-	crcOKSegs                                           int
-	placedAfterResync                                   int
-	resynced                                            bool
+	resyncReqs, resyncYes, resyncNo                   int
+	placedBytes, copiedBytes, segments, placedSegs    int
+	crcOKSegs                                         int
+	placedAfterResync                                 int
+	resynced                                          bool
 }
 
 func newFakeHost(t testing.TB, oc wire.OffloadConfig, isn ddp.Seq) *fakeHost {

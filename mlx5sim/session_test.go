@@ -34,7 +34,7 @@ type sessionOpts struct {
 	threshold int     // smallest read mapped
 	chunk     int     // the target writes in chunks of at most this (0: whole PDUs)
 	seed      uint64
-	keep      bool                  // compare the whole stream received with what was sent
+	keep      bool                   // compare the whole stream received with what was sent
 	during    func(i int, d *Device) // called as read i is issued
 	timeout   time.Duration
 }
