@@ -231,3 +231,7 @@ func parseUUID(s string) (u [16]byte, err error) {
 	}
 	return u, nil
 }
+
+// ParseHostID parses a host ID written as a UUID
+// (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx).
+func ParseHostID(s string) ([16]byte, error) { return parseUUID(s) }
