@@ -286,11 +286,9 @@ func (t *Target) Serve(ln net.Listener) error {
 		t.mu.Unlock()
 		ln.Close()
 	}()
-	if len(t.cfg.AllowHosts) == 0 {
-		t.log.Warn("any host may connect (no allowed host list)", "listen", ln.Addr().String())
-	} else {
-		t.log.Info("serving", "listen", ln.Addr().String(), "allowed_hosts", len(t.cfg.AllowHosts))
-	}
+	// The program that owns the target says what it serves and to whom
+	// (nvmefs serve warns when any host may connect); here only a trace.
+	t.log.Debug("accepting", "listen", ln.Addr().String(), "allowed_hosts", len(t.cfg.AllowHosts))
 	var delay time.Duration
 	for {
 		nc, err := ln.Accept()
