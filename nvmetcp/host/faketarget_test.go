@@ -40,6 +40,9 @@ type fakeTarget struct {
 	bogusResponse atomic.Bool
 	// connects counts admin queue connects.
 	connects atomic.Int32
+	// misbehave, when set, answers the next I/O command instead of the
+	// normal path (once): it sends whatever PDUs it likes.
+	misbehave atomic.Pointer[func(fc *fakeConn, sqe nvme.SQE)]
 }
 
 type fakeConfig struct {
@@ -279,6 +282,23 @@ func (fc *fakeConn) sendR2T(w *fakeWrite) bool {
 	return fc.send(fc.p.Seal(b[:], 0))
 }
 
+// sendPDU sends one PDU: a header encoded by enc into a header buffer,
+// sealed for dataLen bytes of payload, then the payload and its digest.
+func (fc *fakeConn) sendPDU(enc func(b []byte), payload []byte) bool {
+	var b [wire.MaxHeaderBuf]byte
+	enc(b[:])
+	parts := [][]byte{fc.p.Seal(b[:], len(payload))}
+	if len(payload) > 0 {
+		parts = append(parts, payload)
+		if fc.p.DataDigest {
+			var d [4]byte
+			wire.PutDigest(d[:], wire.DataDigest(payload))
+			parts = append(parts, d[:])
+		}
+	}
+	return fc.send(parts...)
+}
+
 // sendData sends a read's data as C2HData PDUs.
 func (fc *fakeConn) sendData(cid uint16, data []byte) bool {
 	step := len(data)
@@ -345,6 +365,10 @@ func (fc *fakeConn) command(sqeArr [nvme.SQELen]byte, data []byte) bool {
 	}
 	if fc.qid == 0 {
 		return fc.admin(sqe, dlen)
+	}
+	if f := ft.misbehave.Swap(nil); f != nil {
+		(*f)(fc, sqe)
+		return true
 	}
 	ns := ft.ns[sqe.NSID()]
 	if ns == nil {
