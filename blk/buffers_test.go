@@ -31,7 +31,7 @@ func TestBuffersAlignedAndRecycled(t *testing.T) {
 		b.Put(again[:1])
 	}
 	cs := b.Counters()
-	if counter(cs, "buffers_out") != 0 || counter(cs, "buffer_mmaps") != 8 {
+	if counter(cs, "buffers_out") != 0 || counter(cs, "buffer_mmaps") != 5 { // 5 size classes among the 8 sizes
 		t.Errorf("counters after balanced Get/Put: %v", cs)
 	}
 	for _, n := range []int{0, -1, MaxBuffer + 1} {
