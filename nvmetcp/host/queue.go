@@ -67,6 +67,11 @@ type request struct {
 	// txBusy counts writer batches that reference data and are not yet
 	// written; the waiter does not hand data back to its caller before 0.
 	txBusy atomic.Int32
+	// txHdr and txBufs are the header and iovecs of a command its submitter
+	// sends itself (sendInline).
+	txHdr  [wire.MaxHeaderBuf + wire.DigestLen]byte
+	txIov  [3][]byte
+	txBufs net.Buffers // WriteTo consumes it: rebuilt on txIov each time
 	// deadline (Unix ns) is the IOTimeout of the command in flight, 0 if none.
 	deadline atomic.Int64
 
@@ -119,6 +124,9 @@ type queue struct {
 	dead bool // under txMu: nothing more is submitted
 	kick chan struct{}
 	nb   net.Buffers // the writer's, kept here so WriteTo does not allocate
+	// sendMu is held by whoever writes to conn: the writer for a batch, or
+	// a submitter sending its command itself when nothing else is queued.
+	sendMu sync.Mutex
 
 	failed  atomic.Bool
 	deadCh  chan struct{} // closed when the queue fails
@@ -347,11 +355,46 @@ func (q *queue) submit(r *request) error {
 	r.cid, r.state, r.err, r.status, r.result = cid, reqInflight, nil, 0, 0
 	r.mu.Unlock()
 	r.deadline.Store(r.start.Add(q.ioTimeout).UnixNano())
+	q.stats.commands.Add(1)
+	if len(q.txq) == 0 && q.sendMu.TryLock() {
+		// Nothing waits to be written and nobody writes: send it from
+		// here, saving the hand-off to the writer (the kernel's direct send).
+		q.txMu.Unlock()
+		err := q.sendInline(r)
+		q.sendMu.Unlock()
+		if err != nil {
+			q.fail(err) // the command ends with the queue, errRequeue
+		}
+		return nil
+	}
 	q.txq = append(q.txq, txItem{r: r, kind: txCommand})
 	q.txMu.Unlock()
-	q.stats.commands.Add(1)
 	q.wake()
 	return nil
+}
+
+// sendInline writes one command capsule (and its in-capsule data) with the
+// request's own buffers. The caller holds sendMu.
+func (q *queue) sendInline(r *request) error {
+	b := r.txHdr[:]
+	copy(wire.CapsuleCmd(b).Encode(), r.sqe[:])
+	dl := 0
+	if r.inCapsule {
+		dl = len(r.data)
+	}
+	hdr := q.p.Seal(b, dl)
+	r.txBufs = append(r.txIov[:0], hdr)
+	if dl > 0 {
+		r.txBufs = append(r.txBufs, r.data)
+		if q.p.DataDigest {
+			d := b[len(hdr) : len(hdr)+wire.DigestLen]
+			wire.PutDigest(d, wire.DataDigest(r.data))
+			r.txBufs = append(r.txBufs, d)
+		}
+	}
+	_, err := r.txBufs.WriteTo(q.conn)
+	clear(r.txIov[:])
+	return err
 }
 
 func (q *queue) wake() {
@@ -487,7 +530,9 @@ func (q *queue) txLoop() error {
 			return nil
 		}
 		q.nb = bufs
+		q.sendMu.Lock()
 		_, err := q.nb.WriteTo(q.conn)
+		q.sendMu.Unlock()
 		clear(bufs)
 		bufs, used = bufs[:0], 0
 		for _, r := range busy {
