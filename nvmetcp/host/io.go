@@ -209,6 +209,9 @@ func (c *Controller) do(ctx context.Context, cmd *ioCmd) error {
 	var failed *assoc
 	tries := 0
 	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		a, err := c.waitLive(ctx, failed)
 		if err != nil {
 			return err
