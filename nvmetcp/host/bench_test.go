@@ -12,28 +12,33 @@ import (
 	"github.com/nvmefs/nvmefs/nvmetcp/target"
 )
 
-// Benchmarks of the host's read path through nvmetcp/target over loopback,
-// both in this process: CPU time and allocations include the target's.
+// Benchmarks of the host through nvmetcp/target over loopback. "proc" runs
+// the target in a child process, as `nvmefs serve --ns mem:64M` would, so
+// that cpu-s/GiB and allocations are the host's alone; "inproc" runs it in
+// this process (both sides counted).
 
 func BenchmarkHostRead4K(b *testing.B) {
 	for _, qd := range []int{1, 32} {
-		b.Run(qdName(qd), func(b *testing.B) { benchRead(b, 4096, qd, false) })
+		benchModes(b, qdName(qd), func(b *testing.B, addr string) { benchIO(b, addr, 4096, qd, false, false) })
 	}
 }
 
 func BenchmarkHostRead128K(b *testing.B) {
-	for _, qd := range []int{16} {
-		b.Run(qdName(qd), func(b *testing.B) { benchRead(b, 128<<10, qd, false) })
-	}
+	benchModes(b, qdName(16), func(b *testing.B, addr string) { benchIO(b, addr, 128<<10, 16, false, false) })
 }
 
 // BenchmarkHostRead128KDigest is 128 KiB reads with header and data digests.
 func BenchmarkHostRead128KDigest(b *testing.B) {
-	b.Run(qdName(16), func(b *testing.B) { benchRead(b, 128<<10, 16, true) })
+	benchModes(b, qdName(16), func(b *testing.B, addr string) { benchIO(b, addr, 128<<10, 16, true, false) })
 }
 
 func BenchmarkHostWrite128K(b *testing.B) {
-	b.Run(qdName(16), func(b *testing.B) { benchIO(b, 128<<10, 16, false, true) })
+	benchModes(b, qdName(16), func(b *testing.B, addr string) { benchIO(b, addr, 128<<10, 16, false, true) })
+}
+
+func benchModes(b *testing.B, name string, f func(b *testing.B, addr string)) {
+	b.Run(name+"/proc", func(b *testing.B) { f(b, startTargetProcess(b, "mem:64M")) })
+	b.Run(name+"/inproc", func(b *testing.B) { f(b, startTarget(b, target.Config{}, "mem:64M").addr) })
 }
 
 func qdName(qd int) string { return "QD" + itoa(qd) }
@@ -45,18 +50,15 @@ func itoa(n int) string {
 	return itoa(n/10) + string(rune('0'+n%10))
 }
 
-func benchRead(b *testing.B, size, qd int, digests bool) { benchIO(b, size, qd, digests, false) }
-
-func benchIO(b *testing.B, size, qd int, digests, write bool) {
+func benchIO(b *testing.B, addr string, size, qd int, digests, write bool) {
 	const nsSize = 64 << 20
-	tt := startTarget(b, target.Config{}, "mem:64M")
 	o := testOpts()
 	o.NrIOQueues = 2
 	o.QueueSize = 128
 	o.HeaderDigest, o.DataDigest = digests, digests
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	c, err := Connect(ctx, tt.addr, testNQN, o)
+	c, err := Connect(ctx, addr, testNQN, o)
 	if err != nil {
 		b.Fatal(err)
 	}
