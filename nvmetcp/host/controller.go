@@ -80,7 +80,6 @@ type assoc struct {
 
 	failed atomic.Bool
 	dead   chan struct{}
-	err    error
 }
 
 // Connect connects to the NVM subsystem subnqn at addr (host:port) and sets
@@ -546,8 +545,9 @@ func (a *assoc) addQueue(q *queue) error {
 	failed := a.failed.Load()
 	a.qmu.Unlock()
 	if failed {
-		q.fail(a.err)
-		return fmt.Errorf("host: association failed during set-up: %w", a.err)
+		err := errors.New("host: association failed during set-up")
+		q.fail(err)
+		return err
 	}
 	return nil
 }
@@ -558,7 +558,6 @@ func (a *assoc) fail(err error) {
 	if !a.failed.CompareAndSwap(false, true) {
 		return
 	}
-	a.err = err
 	close(a.dead)
 	for _, q := range a.queues() {
 		q.fail(err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"runtime"
 	"sync"
@@ -117,7 +118,7 @@ type queue struct {
 	tags  chan uint16
 	stats *queueStats
 	rx    rxStream
-	log   loggerLike
+	log   *slog.Logger
 
 	txMu sync.Mutex
 	txq  []txItem
@@ -128,18 +129,11 @@ type queue struct {
 	// a submitter sending its command itself when nothing else is queued.
 	sendMu sync.Mutex
 
-	failed  atomic.Bool
-	deadCh  chan struct{} // closed when the queue fails
-	failErr error         // set before deadCh closes
-	reaped  chan struct{} // closed once the goroutines ended and every command was failed
-	wg      sync.WaitGroup
-	onFail  func(error)
-}
-
-// loggerLike is the part of *slog.Logger the queue uses.
-type loggerLike interface {
-	Debug(msg string, args ...any)
-	Warn(msg string, args ...any)
+	failed atomic.Bool
+	deadCh chan struct{} // closed when the queue fails
+	reaped chan struct{} // closed once the goroutines ended and every command was failed
+	wg     sync.WaitGroup
+	onFail func(error)
 }
 
 // errRequeue fails the commands of a torn-down queue: the caller issues them
@@ -158,14 +152,12 @@ type queueConfig struct {
 	onFail    func(error)
 }
 
-// icTimeout bounds the TCP connect and the ICReq/ICResp exchange.
-func (o *Options) stepTimeout() time.Duration { return o.IOTimeout }
-
 // dialQueue connects one queue: TCP, then ICReq/ICResp; then it starts the
 // queue's receive loop and writer.
 func dialQueue(ctx context.Context, cfg queueConfig) (*queue, error) {
 	o := cfg.opts
-	ctx, cancel := context.WithTimeout(ctx, o.stepTimeout())
+	// IOTimeout bounds the TCP connect and the ICReq/ICResp exchange.
+	ctx, cancel := context.WithTimeout(ctx, o.IOTimeout)
 	defer cancel()
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", cfg.addr)
@@ -283,7 +275,6 @@ func (q *queue) fail(err error) {
 	q.txMu.Lock()
 	q.dead = true
 	q.txMu.Unlock()
-	q.failErr = err
 	close(q.deadCh)
 	q.conn.Close()
 	go q.reap()
