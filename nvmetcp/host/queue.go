@@ -45,7 +45,6 @@ const (
 // request is one slot of a queue's tag set, reused for every command that
 // gets that tag: nothing is allocated per command.
 type request struct {
-	q   *queue
 	tag uint16
 	gen uint16
 
@@ -185,7 +184,7 @@ func dialQueue(ctx context.Context, cfg queueConfig) (*queue, error) {
 	q.reqs = make([]request, cfg.depth)
 	for i := range q.reqs {
 		r := &q.reqs[i]
-		r.q, r.tag, r.done = q, uint16(i), make(chan struct{}, 1)
+		r.tag, r.done = uint16(i), make(chan struct{}, 1)
 		q.tags <- uint16(i)
 	}
 	q.rx = newSocketStream(conn, cfg.stats)
@@ -297,13 +296,6 @@ func (q *queue) reap() {
 		}
 	}
 	close(q.reaped)
-}
-
-// close ends the queue (errRequeue for whatever is in flight) and waits
-// for its goroutines.
-func (q *queue) close(err error) {
-	q.fail(err)
-	<-q.reaped
 }
 
 // get takes a free tag. It fails with errRequeue once the queue is torn down.
