@@ -31,6 +31,8 @@
 // io.ReadFull straight into the request's buffer and the parser checks the
 // data digest; an offloaded stream (DDP) hands over segments that may already
 // be placed (the copy is skipped) and CRC-verified (the digest check is
-// skipped). Each queue has one writer that batches capsules and H2CData into
-// one writev.
+// skipped). Sending: a submitter writes its capsule itself when nothing is
+// queued and nobody writes (direct send); otherwise the queue's writer
+// batches capsules and H2CData into one writev. Neither allocates per
+// command.
 package host
