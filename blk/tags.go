@@ -13,7 +13,6 @@ type TagSet struct {
 	inFlight atomic.Int64
 	maxSeen  atomic.Int64
 	waits    atomic.Uint64 // acquisitions that found no free tag
-	commands atomic.Uint64
 }
 
 // NewTagSet returns a TagSet of n tags (at least 1).
@@ -36,7 +35,6 @@ func (t *TagSet) acquire(ctx context.Context) error {
 			return context.Cause(ctx)
 		}
 	}
-	t.commands.Add(1)
 	n := t.inFlight.Add(1)
 	for {
 		m := t.maxSeen.Load()
@@ -59,7 +57,6 @@ func (t *TagSet) InFlightMax() int64 { return t.maxSeen.Load() }
 func (t *TagSet) Counters() []Counter {
 	return []Counter{
 		{"tags", uint64(cap(t.sem))},
-		{"commands", t.commands.Load()},
 		{"inflight", uint64(max(t.inFlight.Load(), 0))},
 		{"inflight_max", uint64(t.maxSeen.Load())},
 		{"tag_waits", t.waits.Load()},

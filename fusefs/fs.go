@@ -181,7 +181,7 @@ func (r *root) OnAdd(ctx context.Context) {
 		ch := r.NewPersistentInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: uint64(2 + i)})
 		r.AddChild(f.Name, ch, false)
 	}
-	meta := r.NewPersistentInode(ctx, &fs.Inode{}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: 1 << 32})
+	meta := r.NewPersistentInode(ctx, &metaDir{root: r}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: 1 << 32})
 	r.AddChild(".nvmefs", meta, false)
 	statsFile := &textFile{root: r, content: r.statsText}
 	meta.AddChild("stats", r.NewPersistentInode(ctx, statsFile, fs.StableAttr{Mode: syscall.S_IFREG, Ino: 1<<32 + 1}), false)
@@ -194,6 +194,21 @@ func (r *root) OnAdd(ctx context.Context) {
 func (r *root) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	out.Mode = syscall.S_IFDIR | 0o755
 	out.SetTimes(nil, &r.mtime, &r.mtime)
+	return 0
+}
+
+// metaDir is .nvmefs, which holds the stats and info files.
+type metaDir struct {
+	fs.Inode
+	root *root
+}
+
+var _ fs.NodeGetattrer = (*metaDir)(nil)
+
+func (d *metaDir) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | 0o555
+	out.Nlink = 2
+	out.SetTimes(nil, &d.root.mtime, &d.root.mtime)
 	return 0
 }
 
