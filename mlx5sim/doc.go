@@ -50,10 +50,13 @@
 // (unless FullTagRange) or is still mapped, or by injection; with
 // ErrSGLTooLong when the list is longer than MaxSGL; ErrNotSupported when
 // placement is off or the list is malformed; ErrDeviceDown when down. A
-// failed Setup leaves the I/O to software. Teardown returns at once; the
-// engine stops using the mapping before its next read into it, or right
-// after the read into it it is blocked in, and TeardownDone follows from
-// the socket's completion goroutine after TeardownDelay. After
+// failed Setup leaves the I/O to software. Teardown returns at once and
+// the mapping is invalid from then on: the engine reads into a mapping
+// only in a non-blocking system call made after checking it, so a
+// Teardown never waits for the peer (on a connection without a file
+// descriptor, such as net.Pipe, it waits for the read in progress).
+// TeardownDone follows from the socket's completion goroutine after
+// TeardownDelay. After
 // TeardownDone the device never writes into that buffer again and the tag
 // may be set up anew. Close (sk_del) stops the engine, tears down every
 // mapping and returns after every TeardownDone has been called.

@@ -23,6 +23,9 @@ const (
 // errWouldBlock: a non-blocking read found nothing to read.
 var errWouldBlock = errors.New("mlx5sim: would block")
 
+// errStale: the mapping a read was for has been torn down.
+var errStale = errors.New("mlx5sim: mapping torn down")
+
 // engine is a socket's receive engine: the one goroutine that reads the
 // connection, packet by packet in stream terms, feeds the tracker and cuts
 // the stream into segments.
@@ -117,13 +120,12 @@ func (e *engine) loop(bp **batch) error {
 		var got int
 		var err error
 		if pe != nil && !lost {
-			if !s.beginWrite(pe, gen) {
-				e.t.dropPlace()
+			bufs := pe.pieces(moff, n, e.iov[:0])
+			got, err = e.read(bufs, block, pe, gen)
+			if err == errStale {
+				e.t.dropPlace() // torn down: the rest goes unplaced
 				continue
 			}
-			bufs := pe.pieces(moff, n, e.iov[:0])
-			got, err = e.read(bufs, block)
-			s.endWrite()
 			for _, p := range bufs {
 				if got == 0 {
 					break
@@ -140,7 +142,7 @@ func (e *engine) loop(bp **batch) error {
 				continue
 			}
 			dst := b.buf[b.used : b.used+min(n, room)]
-			got, err = e.read([][]byte{dst}, block)
+			got, err = e.read([][]byte{dst}, block, nil, 0)
 			if got > 0 {
 				b.used += got
 				e.consume(b, dst[:got], false, lost)
@@ -193,14 +195,34 @@ func (e *engine) decide(p uint64) {
 }
 
 // read fills bufs from the connection. Unless block, it returns
-// errWouldBlock at once when nothing is there to read.
-func (e *engine) read(bufs [][]byte, block bool) (int, error) {
+// errWouldBlock at once when nothing is there to read. When bufs are
+// pieces of mapping m, m must still be the mapping of generation gen
+// at each attempt, and is marked as being written only during the read
+// system call itself: a Teardown never waits for the peer to send. If m
+// was torn down, read returns errStale.
+func (e *engine) read(bufs [][]byte, block bool, m *entry, gen uint32) (int, error) {
+	s := e.s
 	if e.raw == nil {
-		return e.s.conn.Read(bufs[0])
+		// No file descriptor: a blocking read, during which a Teardown
+		// of m waits.
+		if m != nil {
+			if !s.beginWrite(m, gen) {
+				return 0, errStale
+			}
+			defer s.endWrite()
+		}
+		return s.conn.Read(bufs[0])
 	}
 	var n int
 	var err error
 	rerr := e.raw.Read(func(fd uintptr) bool {
+		if m != nil {
+			if !s.beginWrite(m, gen) {
+				n, err = 0, errStale
+				return true
+			}
+			defer s.endWrite()
+		}
 		for {
 			if len(bufs) == 1 {
 				n, err = unix.Read(int(fd), bufs[0])
@@ -240,9 +262,8 @@ func (e *engine) consume(b *batch, data []byte, placed, lost bool) {
 		if pkt := e.off / e.mtu; e.seenLost != pkt+1 {
 			e.seenLost = pkt + 1
 			e.s.d.stats.add(statLossInjected, 1)
-			t.lose()
 		}
-		t.skip(len(data))
+		t.unseen(len(data))
 	} else {
 		t.feed(data)
 	}

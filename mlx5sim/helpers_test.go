@@ -132,15 +132,16 @@ func fill(b []byte, serial uint32, off int) {
 
 // hcmd is a read as the fake host tracks it.
 type hcmd struct {
-	tag    uint16
-	serial uint32
-	buf    []byte
-	io     *ddp.IO // set when Setup succeeded
-	resp   bool    // response seen
-	down   bool    // TeardownDone seen
-	failed bool    // a digest error hit it
-	placed int     // bytes the device placed
-	copied int     // bytes the host copied
+	tag       uint16
+	serial    uint32
+	buf       []byte
+	io        *ddp.IO // set when Setup succeeded
+	resp      bool    // response seen
+	down      bool    // TeardownDone seen
+	failed    bool    // a digest error hit it
+	abandoned bool    // the host gave it up: its buffer takes nothing more
+	placed    int     // bytes the device placed
+	copied    int     // bytes the host copied
 }
 
 // fakeHost is the test ULP: a PDU parser of its own that consumes
@@ -179,7 +180,7 @@ type fakeHost struct {
 	resyncReqs, resyncYes, resyncNo                   int
 	placedBytes, copiedBytes, segments, placedSegs    int
 	crcOKSegs                                         int
-	placedAfterResync                                 int
+	placedAfterResync, outOfRange                     int
 	resynced                                          bool
 }
 
@@ -333,7 +334,14 @@ func (h *fakeHost) consume(b []byte, seg ddp.Segment) int {
 		case wire.TypeC2HData:
 			h.dataPDUs++
 			if h.lookup != nil {
-				h.cmd = h.lookup(wire.DataHeader(h.hdr[:]).CCCID())
+				d := wire.DataHeader(h.hdr[:])
+				h.cmd = h.lookup(d.CCCID())
+				if h.cmd != nil && uint64(d.DataOffset())+uint64(d.DataLen()) > uint64(len(h.cmd.buf)) {
+					// A real host fails the connection; this one only
+					// keeps the PDU out of the buffer.
+					h.outOfRange++
+					h.cmd = nil
+				}
 			}
 		case wire.TypeCapsuleResp:
 			if h.lookup != nil {
@@ -367,7 +375,7 @@ func (h *fakeHost) consume(b []byte, seg ddp.Segment) int {
 			h.crc = wire.UpdateDigest(h.crc, part)
 			c := h.cmd
 			switch {
-			case c != nil && datao+n <= len(c.buf):
+			case c != nil && !c.abandoned:
 				dst := c.buf[datao : datao+n]
 				if seg.Placed && unsafe.SliceData(part) != unsafe.SliceData(dst) {
 					h.fail("placed bytes at %p, the mapping puts offset %d at %p", unsafe.SliceData(part), datao, unsafe.SliceData(dst))

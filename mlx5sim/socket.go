@@ -189,9 +189,9 @@ func checkSG(io *ddp.IO) error {
 }
 
 // Teardown invalidates io's mapping: the engine stops placing into it at
-// once, or right after the read into it it is blocked in. TeardownDone
-// follows from the completion goroutine, after the device's teardown
-// delay. An io that is not mapped here (Setup failed, already torn down,
+// once (or, if a read system call into it is under way, as soon as that
+// call returns). TeardownDone follows from the completion goroutine, after
+// the device's teardown delay. An io that is not mapped here (Setup failed, already torn down,
 // socket closed) is ignored: no TeardownDone.
 func (s *socket) Teardown(io *ddp.IO) {
 	if io == nil {

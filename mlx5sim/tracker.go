@@ -105,19 +105,13 @@ func (t *tracker) plan() (e *entry, gen uint32, moff int, n int) {
 	case modeSearch:
 		return nil, 0, 0, unbounded
 	case modeSpec:
-		if !t.confirmed {
-			return nil, 0, 0, unbounded
-		}
-		if t.atBoundary() {
+		if t.confirmed && t.atBoundary() {
 			t.resume()
 			return t.plan()
 		}
-		// Up to the boundary tracking resumes at, so that the payload
-		// after it can be placed.
-		if !t.laid {
-			return nil, 0, 0, t.minHdr - t.pos
-		}
-		return nil, 0, 0, t.l.PLen - t.pos
+		// As when in sync, never past the next boundary's header: an
+		// answer may come while the read waits, and tracking must be
+		// able to resume there with the payload still unread.
 	}
 	if !t.laid {
 		return nil, 0, 0, t.minHdr - t.pos
@@ -181,8 +175,28 @@ func (t *tracker) lose() {
 	t.place = nil
 }
 
-// skip accounts n bytes the tracker did not see (a lost packet).
-func (t *tracker) skip(n int) {
+// unseen accounts n bytes of a packet the tracker did not see. In sync,
+// it loses track. Following a candidate, it keeps the chain across bytes
+// it knows to be padding, data or digest (their PDU's length is known) and
+// breaks it only where a header on the chain went unseen.
+func (t *tracker) unseen(n int) {
+	if t.mode == modeTrack {
+		t.lose()
+	}
+	for n > 0 && t.mode == modeSpec {
+		if !t.laid || t.pos < t.l.HeaderBytes() {
+			t.lose()
+			break
+		}
+		k := min(n, t.l.PLen-t.pos)
+		t.pos += k
+		t.off += uint64(k)
+		t.push(k, false)
+		n -= k
+		if t.pos == t.l.PLen {
+			t.endPDU()
+		}
+	}
 	t.off += uint64(n)
 	t.push(n, false)
 }
