@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -159,7 +160,8 @@ type fakeHost struct {
 	keepData bool // collect every byte received into got
 
 	got  []byte
-	n    uint64 // bytes received
+	n    uint64        // bytes received
+	pub  atomic.Uint64 // n, published for ResyncRequest
 	hdr  [wire.MaxHeaderBuf]byte
 	pos  int // in the current PDU
 	laid bool
@@ -201,8 +203,8 @@ func (h *fakeHost) ResyncRequest(seq ddp.Seq) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.resyncReqs++
-	if seq.LessThan(h.seq()) && h.reqErr == nil {
-		h.reqErr = fmt.Errorf("resync request for %d, host already at %d", seq, h.seq())
+	if at := h.isn + ddp.Seq(uint32(h.pub.Load())); seq.LessThan(at) && h.reqErr == nil {
+		h.reqErr = fmt.Errorf("resync request for %d, host already at %d", seq, at)
 	}
 	h.req, h.reqPending = seq, true
 }
@@ -297,6 +299,7 @@ func (h *fakeHost) segment(seg ddp.Segment) {
 		}
 	}
 	h.answer(h.seq(), false)
+	h.pub.Store(h.n)
 }
 
 // consume parses bytes of the current PDU, one part at a time.
