@@ -196,7 +196,7 @@ func TestSetupErrors(t *testing.T) {
 	buf := make([]byte, 3*4096)
 	for i, io := range []*ddp.IO{
 		{Tag: 1, SG: [][]byte{buf[:4096], buf[4096:5000], buf[8192:]}, Len: 4096 + 904 + 4096}, // short middle piece
-		{Tag: 1, SG: [][]byte{buf[:4096]}, Len: 100},                                              // Len mismatch
+		{Tag: 1, SG: [][]byte{buf[:4096]}, Len: 100},                                           // Len mismatch
 		{Tag: 1, SG: nil, Len: 0},
 		{Tag: 1, SG: [][]byte{buf[:8192]}, Len: 8192}, // a piece above a page
 		nil,
