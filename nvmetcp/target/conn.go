@@ -21,6 +21,11 @@ type conn struct {
 	log *slog.Logger
 	w   *writer
 	rd  *wire.Reader
+	// guard bounds the handshake and stalled PDUs; br is the buffer the
+	// reader reads it through (what it holds of the next PDU tells a stall
+	// from an idle host).
+	guard *readGuard
+	br    *bufio.Reader
 	// params are set by the reader at ICReq, before any command goroutine
 	// exists; only MaxInCapsule, which the reader alone uses, changes after
 	// (at Connect).
@@ -60,8 +65,10 @@ func newConn(t *Target, nc net.Conn) *conn {
 		room:   make(chan struct{}, 1),
 		h2c:    make(map[uint16]*command),
 	}
-	c.w = newWriter(nc, c.close)
-	c.rd = wire.NewReader(bufio.NewReaderSize(nc, 64<<10), wire.ToController, &c.params)
+	c.w = newWriter(nc, c.close, t.cfg.StallTimeout)
+	c.guard = newReadGuard(nc, t.cfg.HandshakeTimeout, t.cfg.StallTimeout)
+	c.br = bufio.NewReaderSize(c.guard, 64<<10)
+	c.rd = wire.NewReader(c.br, wire.ToController, &c.params)
 	return c
 }
 
@@ -90,7 +97,9 @@ func (c *conn) serve() {
 		c.close()
 		c.cmds.Wait()
 	default:
-		if err != nil && !errors.Is(err, errDisconnect) && !isClosedErr(err) {
+		if errors.Is(err, errStalled) {
+			c.log.Warn("closing the connection", "err", err)
+		} else if err != nil && !errors.Is(err, errDisconnect) && !isClosedErr(err) {
 			c.log.Info("connection ended", "err", err)
 		} else {
 			c.log.Debug("connection ended", "err", err)
@@ -158,6 +167,10 @@ func (c *conn) readLoop() (hdr []byte, err error) {
 	}
 	c.icReq(wire.ICReq(h))
 	for {
+		if c.connected {
+			c.guard.connected()
+		}
+		c.guard.boundary(c.br.Buffered() > 0)
 		h, l, err := c.rd.Next()
 		if err != nil {
 			return copyHeader(h), err

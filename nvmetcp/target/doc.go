@@ -17,6 +17,12 @@
 //     its queues. No buffer is sized by the peer beyond the limits advertised
 //     (MDTS, in-capsule size, MAXH2CDATA), and no I/O reaches outside a
 //     namespace.
+//   - A peer cannot hold a connection by saying nothing or too little: ICReq
+//     and Connect must arrive within HandshakeTimeout of the accept, a PDU
+//     once started must be complete after at most StallTimeout of waiting
+//     for its bytes, and each write must make progress within StallTimeout
+//     (a host that stops reading). Running out of file descriptors makes
+//     Serve back off and accept again, not return.
 //   - Namespaces are store.Store values, NSID = index+1, shared by every
 //     controller; their NGUID and UUID derive from the subsystem NQN and NSID,
 //     so they are stable across restarts.

@@ -11,6 +11,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nvmefs/nvmefs/nvmetcp/nvme"
@@ -27,8 +28,13 @@ const (
 	DefaultMaxIOQueues   = 64
 	DefaultMaxKATO       = time.Hour
 	DefaultTermLinger    = time.Second
-	DefaultModel         = "nvmefs"
-	DefaultFirmware      = "1.0"
+	// A host sends ICReq and Connect as soon as it has connected, and a
+	// PDU's bytes back to back: seconds without progress is a peer that
+	// holds a connection open, not a slow one.
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultStallTimeout     = 10 * time.Second
+	DefaultModel            = "nvmefs"
+	DefaultFirmware         = "1.0"
 
 	// adminInCapsule is what the Linux host may put in an admin capsule
 	// (NVME_TCP_ADMIN_CCSZ); the admin queue always accepts it.
@@ -80,6 +86,15 @@ type Config struct {
 	// TermLinger is how long a connection waits for the host to close after
 	// a C2HTermReq, so that the TermReq is read rather than reset.
 	TermLinger time.Duration
+	// HandshakeTimeout bounds the time from accepting a connection to a
+	// successful Connect on it (ICReq and Connect): a peer that does not
+	// get that far in time is cut off.
+	HandshakeTimeout time.Duration
+	// StallTimeout bounds how long a connection waits on its peer in the
+	// middle of a PDU (the rest of a header or payload it has started to
+	// send), and for a write of ours to make progress (a peer that stopped
+	// reading). The wait between PDUs is not bounded by it (KATO is).
+	StallTimeout time.Duration
 }
 
 func (cfg *Config) setDefaults() error {
@@ -170,6 +185,15 @@ func (cfg *Config) setDefaults() error {
 	}
 	if cfg.TermLinger == 0 {
 		cfg.TermLinger = DefaultTermLinger
+	}
+	if cfg.HandshakeTimeout == 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.StallTimeout == 0 {
+		cfg.StallTimeout = DefaultStallTimeout
+	}
+	if cfg.HandshakeTimeout < 0 || cfg.StallTimeout < 0 {
+		return errors.New("target: negative HandshakeTimeout or StallTimeout")
 	}
 	return nil
 }
@@ -296,11 +320,12 @@ func (t *Target) Serve(ln net.Listener) error {
 			if t.isClosed() {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// Transient (EMFILE and the like surface as timeouts
-				// in some wrappers): back off like net/http.
+			if transientAcceptError(err) {
+				// Out of file descriptors or memory, or a connection
+				// aborted before it was accepted: back off like
+				// net/http and accept again once connections end.
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				t.log.Warn("accept failed; retrying", "err", err, "after", delay)
 				time.Sleep(delay)
 				continue
 			}
@@ -328,6 +353,19 @@ func (t *Target) Serve(ln net.Listener) error {
 			t.mu.Unlock()
 		}()
 	}
+}
+
+// transientAcceptError reports whether Accept failed for a reason that
+// passes (EMFILE is not a net.Error timeout: without this, running out of
+// file descriptors under a flood of connections would stop the target).
+func transientAcceptError(err error) bool {
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.ECONNRESET, syscall.EPROTO, syscall.EINTR} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func (t *Target) isClosed() bool {

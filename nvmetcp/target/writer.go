@@ -31,10 +31,38 @@ type writer struct {
 	// fail ends the connection after a write error, so that the reader
 	// stops too.
 	fail func()
+	// stall bounds each writeChunk bytes of a write: a peer that stops
+	// reading fails the write instead of holding the writer forever.
+	stall time.Duration
 }
 
-func newWriter(nc net.Conn, fail func()) *writer {
-	return &writer{nc: nc, wake: make(chan struct{}, 1), done: make(chan struct{}), fail: fail}
+// writeChunk is how much of a batch must be written within the stall
+// timeout; a longer batch is written in several calls.
+const writeChunk = 4 << 20
+
+func newWriter(nc net.Conn, fail func(), stall time.Duration) *writer {
+	return &writer{nc: nc, wake: make(chan struct{}, 1), done: make(chan struct{}), fail: fail, stall: stall}
+}
+
+// write writes iov (consuming it) under a deadline renewed every writeChunk
+// bytes or so.
+func (w *writer) write(iov net.Buffers) error {
+	for len(iov) > 0 {
+		n, size := 0, 0
+		for n < len(iov) && (n == 0 || size+len(iov[n]) <= writeChunk) {
+			size += len(iov[n])
+			n++
+		}
+		if err := w.nc.SetWriteDeadline(time.Now().Add(w.stall)); err != nil {
+			return err
+		}
+		part := iov[:n]
+		if _, err := part.WriteTo(w.nc); err != nil {
+			return err
+		}
+		iov = iov[n:]
+	}
+	return nil
 }
 
 func (w *writer) signal() {
@@ -115,8 +143,8 @@ func (w *writer) run(writeTimeout time.Duration) {
 			for _, f := range batch {
 				iov = append(iov, f.iov...)
 			}
-			send := iov // WriteTo consumes its receiver
-			_, err := send.WriteTo(w.nc)
+			err := w.write(iov) // consumes a copy of the slice header
+
 			clear(iov) // drop references into released buffers
 			releaseAll(batch)
 			clear(batch)
