@@ -141,6 +141,7 @@ type hcmd struct {
 	down      bool    // TeardownDone seen
 	failed    bool    // a digest error hit it
 	abandoned bool    // the host gave it up: its buffer takes nothing more
+	cover     []bool  // if not nil: the bytes the device placed
 	placed    int     // bytes the device placed
 	copied    int     // bytes the host copied
 }
@@ -378,20 +379,30 @@ func (h *fakeHost) consume(b []byte, seg ddp.Segment) int {
 			h.crc = wire.UpdateDigest(h.crc, part)
 			c := h.cmd
 			switch {
-			case c != nil && !c.abandoned:
+			case c != nil && seg.Placed:
 				dst := c.buf[datao : datao+n]
-				if seg.Placed && unsafe.SliceData(part) != unsafe.SliceData(dst) {
+				if unsafe.SliceData(part) != unsafe.SliceData(dst) {
 					h.fail("placed bytes at %p, the mapping puts offset %d at %p", unsafe.SliceData(part), datao, unsafe.SliceData(dst))
 				}
-				if seg.Placed && c.io == nil {
+				if c.io == nil {
 					h.fail("placed bytes for tag %d, which is not mapped", c.tag)
 				}
-				if k := ddp.CopySkip(dst, part); k == 0 {
-					c.placed += n
-				} else {
-					c.copied += k
-					h.copiedBytes += k
+				if k := ddp.CopySkip(dst, part); k != 0 {
+					h.fail("CopySkip copied %d placed bytes", k)
 				}
+				c.placed += n
+				if c.cover != nil {
+					for i := range n {
+						c.cover[datao+i] = true
+					}
+				}
+			case c != nil && !c.abandoned:
+				dst := c.buf[datao : datao+n]
+				if k := ddp.CopySkip(dst, part); k != n {
+					h.fail("CopySkip copied %d of %d unplaced bytes", k, n)
+				}
+				c.copied += n
+				h.copiedBytes += n
 			case seg.Placed:
 				h.fail("placed bytes for a tag with no buffer or beyond it (datao %d len %d)", datao, n)
 			}

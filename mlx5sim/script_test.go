@@ -431,3 +431,25 @@ func TestScriptStricterDevice(t *testing.T) {
 	}
 	t.Logf("placed %d of %d bytes after the resync", placed, len(later)*4096)
 }
+
+// TestScriptOverlap: a PDU that overlaps what a mapping already received
+// is not placed (a mapping's bytes are written at most once), so placed
+// bytes never change under the host; PDUs beyond it are placed again.
+func TestScriptOverlap(t *testing.T) {
+	sc := newScript(t, Config{}, wire.OffloadConfig{DataDigest: true})
+	m := sc.buffer(1, 16<<10, true)
+	a, b, c := data(8<<10, 1), data(8<<10, 2), data(4<<10, 3)
+	sc.send(
+		sc.snd.c2h(1, 0, a, 0, 0),     // placed
+		sc.snd.c2h(1, 4<<10, b, 0, 0), // overlaps a: copied by the host
+		sc.snd.c2h(1, 12<<10, c, wire.FlagLast|wire.FlagSuccess, 0),
+	)
+	sc.end()
+	want := append(append(append([]byte(nil), a[:4<<10]...), b...), c...)
+	if !bytes.Equal(m.buf, want) {
+		t.Error("buffer does not hold the PDUs applied in order")
+	}
+	if m.placed != len(a)+len(c) || m.copied != len(b) {
+		t.Errorf("placed %d, copied %d; want %d and %d", m.placed, m.copied, len(a)+len(c), len(b))
+	}
+}

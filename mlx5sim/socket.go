@@ -29,6 +29,7 @@ type entry struct {
 	tag   uint16
 	state uint8
 	gen   uint32 // bumped by each Setup: the engine never follows a stale mapping
+	next  uint32 // end of the furthest PDU seen for this mapping: placement only beyond
 	io    *ddp.IO
 	due   time.Time // when its TeardownDone may be called
 }
@@ -165,6 +166,7 @@ func (s *socket) setup(io *ddp.IO) error {
 	}
 	e.state = entryMapped
 	e.gen++
+	e.next = 0
 	e.io = io
 	io.DeviceCtx = e
 	return nil
@@ -355,7 +357,11 @@ func (s *socket) Close() error {
 }
 
 // lookup returns the mapping that may take the payload [off, off+n) of
-// a C2HData PDU for tag, nil if none.
+// a C2HData PDU for tag, nil if none. A mapping's bytes are written at
+// most once: a PDU is placed only if it starts at or after the end of
+// every PDU inside the mapping seen for the tag since Setup (NVMe/TCP
+// sends a command's data in order). So the bytes of a placed segment never change while the ULP
+// holds it, whatever a peer sends.
 func (s *socket) lookup(tag uint16, off, n uint32) (*entry, uint32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -363,7 +369,16 @@ func (s *socket) lookup(tag uint16, off, n uint32) (*entry, uint32) {
 		return nil, 0
 	}
 	e := &s.table[tag]
-	if e.state != entryMapped || uint64(off)+uint64(n) > uint64(e.io.Len) {
+	if e.state != entryMapped {
+		return nil, 0
+	}
+	end := uint64(off) + uint64(n) // VerifyHeader bounds it below 2^32
+	if end > uint64(e.io.Len) {
+		return nil, 0 // a ULP takes nothing of it either
+	}
+	ordered := off >= e.next
+	e.next = max(e.next, uint32(end))
+	if !ordered {
 		return nil, 0
 	}
 	return e, e.gen
