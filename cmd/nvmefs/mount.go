@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -218,12 +219,19 @@ func mount(e *env, o *mountOptions, args []string) (err error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
 	defer cancel()
-	go func() { // a signal while starting stops the start
+	// A signal while starting cancels the start; one that comes after the
+	// watcher saw the start end is passed on through early.
+	early := make(chan os.Signal, 1)
+	started := make(chan struct{})
+	endStart := sync.OnceFunc(func() { close(started) })
+	defer endStart()
+	go func() {
 		select {
 		case sig := <-sigs:
-			logger.Info("stopping before the mount is up", "signal", sig.String())
+			logger.Info("stopping", "signal", sig.String())
+			early <- sig
 			cancel()
-		case <-ctx.Done():
+		case <-started:
 		}
 	}()
 	if o.addr == "" {
@@ -247,13 +255,17 @@ func mount(e *env, o *mountOptions, args []string) (err error) {
 	if err := s.mountFiles(o.cache); err != nil {
 		return err
 	}
-	cancel() // the start is over: signals go to the wait below
+	endStart()
 
 	unmounted := make(chan struct{})
 	go func() { s.srv.Wait(); close(unmounted) }()
 	select {
 	case <-unmounted:
 		logger.Info("unmounted", "mountpoint", mp)
+	case <-early:
+		if s.unmount(unmounted, sigs) {
+			logger.Info("unmounted", "mountpoint", mp)
+		}
 	case sig := <-sigs:
 		logger.Info("stopping", "signal", sig.String())
 		if s.unmount(unmounted, sigs) {
