@@ -55,7 +55,7 @@ func benchMount(b *testing.B) string {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { c.Close() })
-	be, err := nvmeblk.New(c, 1)
+	be, err := nvmeblk.New(c, 1, nvmeblk.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}

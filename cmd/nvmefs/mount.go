@@ -485,7 +485,7 @@ func (s *session) mountFiles(cache bool) error {
 	var files []fusefs.File
 	var lines []string
 	for _, ns := range nss {
-		be, err := nvmeblk.New(s.ctrl, ns.ID)
+		be, err := nvmeblk.New(s.ctrl, ns.ID, nvmeblk.Options{})
 		if err != nil {
 			return err
 		}

@@ -23,10 +23,19 @@ type Namespace struct {
 
 var _ blk.Backend = (*Namespace)(nil)
 
+// Options are limits from outside the controller.
+type Options struct {
+	// MaxSegments caps the pages one command's buffer may span: a NIC's
+	// DDP scatter list length (ddp.Limits.MaxSGL, the kernel's
+	// max_segments). 0: no cap (no offload).
+	MaxSegments int
+}
+
 // New returns namespace nsid of c. Its limits are those of the controller's
 // current association: the transfer limit the host uses (MaxTransfer, MDTS),
-// the I/O queues and their depth, and the optional commands (ONCS).
-func New(c *host.Controller, nsid uint32) (*Namespace, error) {
+// the I/O queues and their depth, and the optional commands (ONCS); and
+// opts'.
+func New(c *host.Controller, nsid uint32, opts Options) (*Namespace, error) {
 	ns, ok := c.Namespace(nsid)
 	if !ok {
 		return nil, fmt.Errorf("namespace %d is not an active namespace of %s", nsid, c.Info().SubNQN)
@@ -36,6 +45,7 @@ func New(c *host.Controller, nsid uint32) (*Namespace, error) {
 		BlockSize:   ns.BlockSize,
 		Blocks:      ns.Blocks,
 		MaxTransfer: info.MaxTransfer,
+		MaxSegments: opts.MaxSegments,
 		Queues:      info.IOQueues,
 		QueueDepth:  info.QueueSize,
 		WriteZeroes: info.ONCS&nvme.ONCSWriteZeroes != 0,
