@@ -364,6 +364,11 @@ func TestMountLifecycle(t *testing.T) {
 		m := startMount(t, args...)
 		before := strings.Count(srv.Log(), "controller shut down")
 		m.Stop(t)
+		// The target may log the shutdown just after the host saw it done.
+		deadline := time.Now().Add(5 * time.Second)
+		for strings.Count(srv.Log(), "controller shut down") != before+1 && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
 		if strings.Count(srv.Log(), "controller shut down") != before+1 {
 			t.Errorf("the target did not see the controller shut down (CC.SHN):\n%s", srv.Log())
 		}
