@@ -140,6 +140,9 @@ func (o *mountOptions) validate(args []string) (mountpoint string, size int64, e
 		if err := checkNQN(o.nqn); err != nil {
 			return "", 0, usagef("--nqn: %v", err)
 		}
+		if o.nqn == discoveryNQN {
+			return "", 0, usagef("--nqn: %s is the discovery subsystem, which has no namespaces; 'nvmefs discover --addr %s' lists the subsystems", discoveryNQN, o.addr)
+		}
 	}
 	if o.hostNQN != "" {
 		if err := checkNQN(o.hostNQN); err != nil {

@@ -53,6 +53,7 @@ func TestMountUsageErrors(t *testing.T) {
 		{[]string{"mount", "/x", "--size", "12"}, "--size"},
 		{[]string{"mount", "/x", "--nqn", "bad nqn"}, "--nqn"},
 		{[]string{"mount", "/x", "--queue-size", "1"}, "--queue-size"},
+		{[]string{"mount", "/x", "--addr", "127.0.0.1", "--nqn", "nqn.2014-08.org.nvmexpress.discovery"}, "discovery subsystem"},
 	} {
 		var out, errb bytes.Buffer
 		if code := run(c.args, &env{stdout: &out, stderr: &errb}); code != 2 || !strings.Contains(errb.String(), c.want) {
