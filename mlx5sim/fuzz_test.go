@@ -161,7 +161,7 @@ func fuzzSeeds() []fuzzSeed {
 		var b []byte
 		for i := range 6 {
 			tag := uint16(rng.IntN(fuzzTags + 1)) // fuzzTags: a tag the queue cannot map
-			size := 1 + rng.IntN(6000)
+			size := 1 + rng.IntN(1500)
 			datao := rng.IntN(fuzzBufSize - size + 1)
 			if i == 2 {
 				datao = fuzzBufSize - size/2 // reaches past the buffer
