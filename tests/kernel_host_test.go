@@ -15,7 +15,7 @@ const (
 	khNQN      = "nqn.2026-01.io.nvmefs:tests-kernel-host"
 	khNS1Size  = 8 << 20 // nsid 1
 	khNS2Size  = 4 << 20 // nsid 2
-	khHostTime = 120 * time.Second
+	khHostTime = 240 * time.Second
 )
 
 // TestKernelHost runs the Linux kernel's NVMe/TCP host (in QEMU, through the
