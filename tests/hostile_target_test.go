@@ -234,7 +234,7 @@ func TestHostAgainstHostileTarget(t *testing.T) {
 		op   func(t *testing.T)
 		a    proxyAttack
 	}{
-		{"C2HData beyond the buffer", read, proxyAttack{wire.TypeC2HData, setField(12, n, 4)}},     // DATAO = the read's length
+		{"C2HData beyond the buffer", read, proxyAttack{wire.TypeC2HData, setField(12, n, 4)}},        // DATAO = the read's length
 		{"C2HData offset overflow", read, proxyAttack{wire.TypeC2HData, setField(12, 0xffffff00, 4)}}, // DATAO + DATAL wraps
 		{"C2HData for an unknown command id", read, proxyAttack{wire.TypeC2HData, func(pdu []byte) []byte {
 			binary.LittleEndian.PutUint16(pdu[8:], binary.LittleEndian.Uint16(pdu[8:])^0x0400)
@@ -248,7 +248,7 @@ func TestHostAgainstHostileTarget(t *testing.T) {
 			binary.LittleEndian.PutUint16(pdu[8+12:], binary.LittleEndian.Uint16(pdu[8+12:])^0x0800)
 			return pdu
 		}}},
-		{"R2T beyond the transfer", write, proxyAttack{wire.TypeR2T, setField(16, n+4096, 4)}},   // R2TL
+		{"R2T beyond the transfer", write, proxyAttack{wire.TypeR2T, setField(16, n+4096, 4)}},         // R2TL
 		{"R2T at an offset beyond the transfer", write, proxyAttack{wire.TypeR2T, setField(12, n, 4)}}, // R2TO
 		{"R2T for an unknown command id", write, proxyAttack{wire.TypeR2T, func(pdu []byte) []byte {
 			binary.LittleEndian.PutUint16(pdu[8:], binary.LittleEndian.Uint16(pdu[8:])^0x0400)
