@@ -644,7 +644,10 @@ func TestFuzzTargetCorpus(t *testing.T) {
 // heap bounded, and must keep serving a well-behaved host (the bystander,
 // whose reads are checked against the store after every input).
 //
-//	go test ./nvmetcp/target -run '^$' -fuzz FuzzTargetConn -fuzztime 3m
+//	go test ./nvmetcp/target -run '^$' -fuzz FuzzTargetConn -fuzztime 3m -fuzzminimizetime 20x
+//
+// (A minimization time given as a count: a timed one that runs out kills
+// the worker, and restarting it costs more than the inputs.)
 func FuzzTargetConn(f *testing.F) {
 	fz := newTargetFuzzer(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
