@@ -27,15 +27,16 @@ var updateCorpus = flag.Bool("update-corpus", false, "rewrite the seed corpus in
 //	bit 3:    seal: the bytes are walked as PDUs (by PLEN) and given correct
 //	          digests where their flags announce some, so that mutations get
 //	          past the digest checks
-//	bits 4-5: 3: the controller then keeps the connection open and silent
-//	          (the host must time the command out); otherwise it closes it
 //	bit 6:    the command moves 32 KiB (else 4 KiB)
+//	bits 4, 5 and 7 all set: the controller then keeps the connection open
+//	          and silent (the host must time the command out); otherwise it
+//	          closes it. Rare on purpose: each costs an I/O timeout.
 const (
 	hfuzzWrite = 0x01
 	hfuzzHDGST = 0x02
 	hfuzzDDGST = 0x04
 	hfuzzSeal  = 0x08
-	hfuzzHold  = 0x30
+	hfuzzHold  = 0xb0
 	hfuzzLarge = 0x40
 
 	// hfuzzCID is the command id of the host's first I/O command on a
@@ -87,7 +88,7 @@ func runHostFuzz(t *testing.T, data []byte) {
 	o.QueueSize = 8
 	o.HeaderDigest, o.DataDigest = mode&hfuzzHDGST != 0, mode&hfuzzDDGST != 0
 	o.IOTimeout = hfuzzIOTimeout
-	o.ReconnectDelay = 5 * time.Millisecond
+	o.ReconnectDelay = time.Millisecond
 	o.KeepAliveTmo = -1
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -383,7 +384,7 @@ func TestFuzzHostCorpus(t *testing.T) {
 // other, then answers the host's first I/O command with arbitrary bytes,
 // over real loopback TCP. See runHostFuzz for what must hold.
 //
-//	go test ./nvmetcp/host -run '^$' -fuzz FuzzHostQueue -fuzztime 3m
+//	go test ./nvmetcp/host -run '^$' -fuzz FuzzHostQueue -fuzztime 3m -fuzzminimizetime 20x
 func FuzzHostQueue(f *testing.F) {
 	f.Fuzz(runHostFuzz)
 }
