@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nvmefs/nvmefs/ddp"
 	"github.com/nvmefs/nvmefs/nvmetcp/nvme"
 )
 
@@ -74,6 +75,7 @@ type assoc struct {
 	admin  *queue
 	io     []*queue
 	info   ControllerInfo
+	limits ddp.Limits // of Options.Offload; MaxSGL 0: no offload
 	cap    uint64
 	ns     map[uint32]Namespace
 	nsList []Namespace
@@ -445,6 +447,16 @@ func (a *assoc) identify(ctx context.Context) error {
 			mt = lim
 		}
 	}
+	if dev := o.Offload; dev != nil && !a.c.discovery {
+		// As nvme-tcp asks the NIC on the admin queue: one command maps
+		// at most MaxSGL pages (max_segments, max_hw_sectors).
+		lim := dev.Limits()
+		if lim.MaxSGL > 0 {
+			a.limits = lim
+			a.info.MaxSegments = lim.MaxSGL
+			mt = min(mt, lim.MaxIOBytes())
+		}
+	}
 	a.info.MaxTransfer = mt
 	// In-capsule write data on I/O queues: IOCCSZ (16-byte units) less the
 	// SQE. Like the kernel, only where it starts right after the SQE.
@@ -510,12 +522,16 @@ func (a *assoc) connectIOQueues(ctx context.Context) error {
 	}
 	a.info.QueueSize = depth
 	for i := 1; i <= n; i++ {
-		q, err := dialQueue(ctx, queueConfig{
+		qc := queueConfig{
 			addr: a.c.addr, qid: uint16(i), depth: depth,
 			maxData:   uint32(a.info.MaxTransfer),
 			inCapsule: a.info.InCapsule,
 			opts:      o, stats: a.c.ioStats[i-1], onFail: a.fail,
-		})
+		}
+		if a.limits.MaxSGL > 0 {
+			qc.offload, qc.limits = o.Offload, a.limits
+		}
+		q, err := dialQueue(ctx, qc)
 		if err != nil {
 			return err
 		}

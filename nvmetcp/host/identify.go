@@ -31,7 +31,8 @@ type ControllerInfo struct {
 	IORCSZ       uint32
 	ICDOFF       uint16
 	KAS          uint16 // keep-alive granularity, 100 ms units
-	MaxTransfer  int    // bytes per command the host uses (Options.MaxTransfer capped by MDTS)
+	MaxTransfer  int    // bytes per command the host uses (Options.MaxTransfer capped by MDTS and the offload's MaxSGL pages)
+	MaxSegments  int    // pages one command's buffer may span (the offload device's MaxSGL); 0: no limit
 	InCapsule    int    // in-capsule write data on I/O queues (0: none)
 	IOQueues     int    // I/O queues connected
 	QueueSize    int    // depth of each I/O queue

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
+	"github.com/nvmefs/nvmefs/ddp"
 	"github.com/nvmefs/nvmefs/nvmetcp/nvme"
 	"github.com/nvmefs/nvmefs/nvmetcp/wire"
 )
@@ -170,6 +172,13 @@ func (c *Controller) transfer(ctx context.Context, opcode uint8, nsid uint32, lb
 		return err
 	}
 	chunk := min(a.info.MaxTransfer/bs, maxBlocksPerCommand)
+	if seg := a.info.MaxSegments; seg > 0 && uintptr(unsafe.Pointer(unsafe.SliceData(buf)))%ddp.PageSize != 0 {
+		// An unaligned buffer spans one page more than its length: one
+		// page less per command keeps it within the offload's list.
+		if c := (seg - 1) * ddp.PageSize / bs; c > 0 {
+			chunk = min(chunk, c)
+		}
+	}
 	if chunk == 0 {
 		return fmt.Errorf("host: nsid %d: block size %d above the transfer limit %d", nsid, bs, a.info.MaxTransfer)
 	}

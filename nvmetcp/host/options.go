@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nvmefs/nvmefs/ddp"
 	"github.com/nvmefs/nvmefs/nvmetcp/nvme"
 )
 
@@ -54,6 +55,13 @@ type Options struct {
 	ShutdownTimeout time.Duration
 	// Logger receives connection and recovery events. Default slog.Default().
 	Logger *slog.Logger
+	// Offload is a NIC that offloads the receive side of the I/O queues
+	// (DDP: it places read data in the callers' buffers and checks data
+	// digests). nil: every queue runs in software. The admin queue is never
+	// offloaded; the device's limits cap MaxTransfer (ControllerInfo
+	// reports MaxSegments). A queue whose offload fails runs in software
+	// until its next reconnect.
+	Offload ddp.Device
 }
 
 // Kernel defaults (drivers/nvme/host/fabrics.h, nvme.h).

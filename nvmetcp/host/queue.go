@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nvmefs/nvmefs/ddp"
 	"github.com/nvmefs/nvmefs/nvmetcp/nvme"
 	"github.com/nvmefs/nvmefs/nvmetcp/wire"
 )
@@ -82,6 +83,18 @@ type request struct {
 	result uint64
 	err    error
 	done   chan struct{} // one token per completion
+
+	// DDP offload (offloaded queues only; offload.go). Under mu: the
+	// mapping's state, a response waiting for TeardownDone, and a waiter
+	// leaving early that waits for it (unmapped).
+	dio         ddp.IO
+	ddp         ddpState
+	respPending bool
+	respStatus  nvme.Status
+	respResult  uint64
+	respErr     error
+	unmapWait   bool
+	unmapped    chan struct{}
 }
 
 type txKind uint8
@@ -118,6 +131,13 @@ type queue struct {
 	stats *queueStats
 	rx    rxStream
 	log   *slog.Logger
+	// off is the queue's DDP offload, nil when it runs in software.
+	off *offload
+	// plainCID: command ids are the bare tag, without a generation (an
+	// offload device that maps only tags below the queue size).
+	plainCID bool
+	// inflight counts commands between submit and their end.
+	inflight atomic.Int64
 
 	txMu sync.Mutex
 	txq  []txItem
@@ -149,6 +169,10 @@ type queueConfig struct {
 	opts      *Options
 	stats     *queueStats
 	onFail    func(error)
+	// offload, if set, is the DDP device the queue is offloaded to after
+	// ICResp, with its limits (I/O queues only).
+	offload ddp.Device
+	limits  ddp.Limits
 }
 
 // dialQueue connects one queue: TCP, then ICReq/ICResp; then it starts the
@@ -188,6 +212,9 @@ func dialQueue(ctx context.Context, cfg queueConfig) (*queue, error) {
 		q.tags <- uint16(i)
 	}
 	q.rx = newSocketStream(conn, cfg.stats)
+	if cfg.offload != nil && cfg.qid != 0 {
+		q.offloadQueue(cfg.offload, cfg.limits, int(cfg.maxData))
+	}
 	q.wg.Add(2)
 	go q.run(q.rxLoop)
 	go q.run(q.txLoop)
@@ -286,6 +313,11 @@ func (q *queue) fail(err error) {
 // more (the receive loop and the writer have ended).
 func (q *queue) reap() {
 	q.wg.Wait()
+	if q.off != nil {
+		// sk_del: every mapping is torn down (TeardownDone called)
+		// before the buffers of failed commands go back to be issued again.
+		q.off.sock.Close()
+	}
 	for i := range q.reqs {
 		r := &q.reqs[i]
 		r.mu.Lock()
@@ -325,8 +357,11 @@ func (q *queue) put(r *request) {
 func (q *queue) submit(r *request) error {
 	r.received, r.r2tEnd, r.digestErr = 0, 0, false
 	r.r2tActive.Store(false)
-	r.gen = (r.gen + 1) & genMask
-	cid := r.gen<<tagBits | r.tag
+	cid := r.tag
+	if !q.plainCID {
+		r.gen = (r.gen + 1) & genMask
+		cid = r.gen<<tagBits | r.tag
+	}
 	nvme.SQE(r.sqe[:]).SetCID(cid)
 	r.start = time.Now()
 	q.txMu.Lock()
@@ -334,11 +369,18 @@ func (q *queue) submit(r *request) error {
 		q.txMu.Unlock()
 		return errRequeue
 	}
+	// Mapped under txMu: a queue being torn down maps nothing more, so
+	// that sk_del finds every mapping.
+	mapped := q.off != nil && r.dir == dirRead && q.off.setup(r, cid)
 	r.mu.Lock()
 	r.cid, r.state, r.err, r.status, r.result = cid, reqInflight, nil, 0, 0
+	if mapped {
+		r.ddp = ddpMapped
+	}
 	r.mu.Unlock()
 	r.deadline.Store(r.start.Add(q.ioTimeout).UnixNano())
 	q.stats.commands.Add(1)
+	q.stats.noteInFlight(q.inflight.Add(1))
 	if len(q.txq) == 0 && q.sendMu.TryLock() {
 		// Nothing waits to be written and nobody writes: send it from
 		// here, saving the hand-off to the writer (the kernel's direct send).
@@ -399,6 +441,12 @@ func (q *queue) wait(ctx context.Context, r *request, abort bool) (nvme.Status, 
 	case <-ctx.Done():
 		r.mu.Lock()
 		if r.state == reqInflight && r.dir != dirWrite {
+			if q.unmapBeforeLeaving(r) {
+				// It completed while the buffer was being unmapped.
+				r.mu.Unlock()
+				<-r.done
+				break
+			}
 			r.state = reqCanceled
 			r.mu.Unlock()
 			return 0, 0, ctx.Err()
@@ -440,10 +488,12 @@ func (q *queue) complete(r *request, st nvme.Status, result uint64, err error) {
 		r.status, r.result, r.err = st, result, err
 		r.state = reqDone
 		r.mu.Unlock()
+		q.inflight.Add(-1)
 		r.done <- struct{}{}
 	case reqCanceled:
 		r.state = reqFree
 		r.mu.Unlock()
+		q.inflight.Add(-1)
 		q.put(r)
 	default:
 		r.mu.Unlock()
@@ -712,7 +762,7 @@ func (q *queue) handleResponse(cqe nvme.CQE) error {
 	if r.digestErr {
 		cerr = errDataDigest
 	}
-	q.complete(r, st, cqe.Result(), cerr)
+	q.respond(r, st, cqe.Result(), cerr)
 	return nil
 }
 
@@ -746,7 +796,7 @@ func (q *queue) handleC2HData(d wire.DataHeader, l wire.Layout) error {
 		if r.digestErr {
 			cerr = errDataDigest
 		}
-		q.complete(r, nvme.StatusSuccess, 0, cerr)
+		q.respond(r, nvme.StatusSuccess, 0, cerr)
 	}
 	return nil
 }

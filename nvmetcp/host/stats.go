@@ -27,7 +27,27 @@ type queueStats struct {
 	bytesPlaced  atomic.Uint64 // C2HData payload already placed by an offload (copy skipped)
 	crcSoftware  atomic.Uint64 // PDUs whose data digest the host computed
 	crcOffloaded atomic.Uint64 // PDUs whose data digest an offload verified
-	latency      [LatencyBuckets]atomic.Uint64
+	// DDP offload (offload.go).
+	skAdd          atomic.Uint64 // connections offloaded (sk_add)
+	skAddFail      atomic.Uint64 // sk_add refused: the connection ran in software
+	ddpSetup       atomic.Uint64 // read buffers mapped
+	ddpSetupFail   atomic.Uint64 // setups refused: the read went the software way
+	ddpTeardown    atomic.Uint64 // TeardownDone calls
+	resyncRequests atomic.Uint64 // resync requests from the device
+	resyncYes      atomic.Uint64 // answered yes: a PDU header starts there
+	resyncNo       atomic.Uint64 // answered no
+	inflightMax    atomic.Int64  // most commands in flight at once
+	latency        [LatencyBuckets]atomic.Uint64
+}
+
+// noteInFlight records n commands in flight.
+func (s *queueStats) noteInFlight(n int64) {
+	for {
+		m := s.inflightMax.Load()
+		if n <= m || s.inflightMax.CompareAndSwap(m, n) {
+			return
+		}
+	}
 }
 
 func (s *queueStats) observe(d time.Duration) {
@@ -46,12 +66,22 @@ type QueueStats struct {
 	DigestErrors uint64 // data digest mismatches received
 	Retries      uint64 // commands issued again (after recovery, a digest error or a retryable status)
 	Reconnects   uint64 // times the queue was connected again by error recovery
-	BytesCopied  uint64
-	BytesDirect  uint64
-	BytesPlaced  uint64
-	CRCSoftware  uint64
-	CRCOffloaded uint64
-	Latency      [LatencyBuckets]uint64
+	BytesCopied  uint64 // C2HData payload copied from a receive buffer (the host's or, offloaded, the NIC's)
+	BytesDirect  uint64 // C2HData payload read from the socket straight into the request's buffer
+	BytesPlaced  uint64 // C2HData payload the NIC had placed: the copy was skipped
+	CRCSoftware  uint64 // PDUs whose data digest the host computed
+	CRCOffloaded uint64 // PDUs whose data digest the NIC verified (the host skipped it)
+	// DDP receive offload.
+	Offloads       uint64 // times the queue's connection was offloaded (sk_add)
+	OffloadFails   uint64 // times sk_add failed and the connection ran in software
+	DDPSetups      uint64 // read buffers mapped for placement
+	DDPSetupFails  uint64 // setups refused (that read went the software way)
+	DDPTeardowns   uint64 // mappings gone (TeardownDone)
+	ResyncRequests uint64 // the device lost the PDU boundaries and asked
+	ResyncYes      uint64 // answers: a PDU header starts at the offset asked
+	ResyncNo       uint64 // answers: none does
+	InFlightMax    uint64 // most commands in flight at once (Total: the largest of the queues')
+	Latency        [LatencyBuckets]uint64
 }
 
 func (s *queueStats) snapshot(qid int) QueueStats {
@@ -70,6 +100,16 @@ func (s *queueStats) snapshot(qid int) QueueStats {
 		BytesPlaced:  s.bytesPlaced.Load(),
 		CRCSoftware:  s.crcSoftware.Load(),
 		CRCOffloaded: s.crcOffloaded.Load(),
+
+		Offloads:       s.skAdd.Load(),
+		OffloadFails:   s.skAddFail.Load(),
+		DDPSetups:      s.ddpSetup.Load(),
+		DDPSetupFails:  s.ddpSetupFail.Load(),
+		DDPTeardowns:   s.ddpTeardown.Load(),
+		ResyncRequests: s.resyncRequests.Load(),
+		ResyncYes:      s.resyncYes.Load(),
+		ResyncNo:       s.resyncNo.Load(),
+		InFlightMax:    uint64(max(s.inflightMax.Load(), 0)),
 	}
 	for i := range q.Latency {
 		q.Latency[i] = s.latency[i].Load()
@@ -92,6 +132,15 @@ func (q *QueueStats) add(o *QueueStats) {
 	q.BytesPlaced += o.BytesPlaced
 	q.CRCSoftware += o.CRCSoftware
 	q.CRCOffloaded += o.CRCOffloaded
+	q.Offloads += o.Offloads
+	q.OffloadFails += o.OffloadFails
+	q.DDPSetups += o.DDPSetups
+	q.DDPSetupFails += o.DDPSetupFails
+	q.DDPTeardowns += o.DDPTeardowns
+	q.ResyncRequests += o.ResyncRequests
+	q.ResyncYes += o.ResyncYes
+	q.ResyncNo += o.ResyncNo
+	q.InFlightMax = max(q.InFlightMax, o.InFlightMax)
 	for i := range q.Latency {
 		q.Latency[i] += o.Latency[i]
 	}
