@@ -107,7 +107,7 @@ func TestMountReadFile(t *testing.T) {
 			if s["nvme0_bytes_read"] < size || s["nvme0n1_read_requests"] == 0 || s["nvme0n1_errors"] != 0 || s["fuse_errors"] != 0 {
 				t.Errorf("stats after reading: %v", s)
 			}
-			if crc := s["nvme0_rx_crc_software"]; (crc > 0) != v.digests {
+			if crc := s["nvme0_rx_crc_software"] + s["nvme0_rx_crc_offloaded"]; (crc > 0) != v.digests {
 				t.Errorf("data digest checked for %d PDUs, digests on: %v", crc, v.digests)
 			}
 			if v.directDest && (s["nvme0n1_read_direct"] == 0 || s["fuse_read_dest_unaligned"] != 0) {

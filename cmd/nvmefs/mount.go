@@ -22,6 +22,7 @@ import (
 	"github.com/nvmefs/nvmefs/blk"
 	"github.com/nvmefs/nvmefs/fusefs"
 	"github.com/nvmefs/nvmefs/internal/nvmeblk"
+	"github.com/nvmefs/nvmefs/mlx5sim"
 	"github.com/nvmefs/nvmefs/nvmetcp/host"
 	"github.com/nvmefs/nvmefs/nvmetcp/nvme"
 	"github.com/nvmefs/nvmefs/nvmetcp/target"
@@ -97,8 +98,15 @@ Needs root and /dev/fuse (no fusermount is used).`,
 		fs.BoolVar(&o.force, "force", false, "clear a stale mount left at MOUNTPOINT by a killed nvmefs")
 		fs.StringVar(&o.size, "size", o.size, "embedded target only: namespace `SIZE` (512K, 64M, 1G, ...)")
 		fs.Var(&o.logLevel, "log-level", "log `LEVEL`: debug, info, warn or error")
+		fs.BoolVar(&o.offload, "offload", true, "offload the I/O queues' receive to the simulated NIC (mlx5sim: data placed in the readers' buffers, data digests checked); false: all in software")
+		fs.IntVar(&o.nicMTU, "nic-mtu", mlx5sim.DefaultMTU, "NIC: stream bytes per `PACKET` (1.."+strconv.Itoa(mlx5sim.MaxMTU)+")")
+		fs.Float64Var(&o.nicLoss, "nic-loss", 0, "NIC fault: fraction of packets (0..1) the offload loses track of, as after a TCP retransmission (it then resynchronises with the host)")
+		fs.Float64Var(&o.nicSetupFail, "nic-setup-fail", 0, "NIC fault: fraction of read buffer mappings (0..1) refused (those reads go the software way)")
+		fs.DurationVar(&o.nicTeardownDelay, "nic-teardown-delay", 0, "NIC fault: delay from the end of a read to the NIC releasing its buffer (the read completes only then)")
+		fs.Uint64Var(&o.nicSeed, "nic-seed", 1, "NIC: seed of the random fault choices (reproducible runs)")
 		return func(e *env, args []string) error {
 			o.sizeSet = fs.Changed("size")
+			o.nicSet = fs.Changed("nic-mtu") || fs.Changed("nic-loss") || fs.Changed("nic-setup-fail") || fs.Changed("nic-teardown-delay") || fs.Changed("nic-seed")
 			return mount(e, o, args)
 		}
 	},
@@ -114,6 +122,14 @@ type mountOptions struct {
 	size                        string
 	sizeSet                     bool
 	logLevel                    logLevel
+
+	// The simulated NIC.
+	offload               bool
+	nicMTU                int
+	nicLoss, nicSetupFail float64
+	nicTeardownDelay      time.Duration
+	nicSeed               uint64
+	nicSet                bool // a --nic-* flag was given
 }
 
 func (o *mountOptions) validate(args []string) (mountpoint string, size int64, err error) {
@@ -152,6 +168,9 @@ func (o *mountOptions) validate(args []string) (mountpoint string, size int64, e
 	if o.nrIOQueues < 0 || o.queueSize < 2 || o.queueSize > 1024 {
 		return "", 0, usagef("--nr-io-queues must be >= 0 and --queue-size 2..1024")
 	}
+	if err := o.validateNIC(); err != nil {
+		return "", 0, err
+	}
 	mp, err := filepath.Abs(args[0])
 	if err != nil {
 		return "", 0, err
@@ -162,6 +181,38 @@ func (o *mountOptions) validate(args []string) (mountpoint string, size int64, e
 		mp = filepath.Join(parent, filepath.Base(mp))
 	}
 	return mp, size, nil
+}
+
+// validateNIC checks the --nic-* flags.
+func (o *mountOptions) validateNIC() error {
+	switch {
+	case !o.offload && o.nicSet:
+		return usagef("the --nic-* flags configure the offload: drop them or --offload=false")
+	case o.nicMTU < 1 || o.nicMTU > mlx5sim.MaxMTU:
+		return usagef("--nic-mtu %d: want 1..%d", o.nicMTU, mlx5sim.MaxMTU)
+	case !(o.nicLoss >= 0 && o.nicLoss <= 1):
+		return usagef("--nic-loss %v: want a fraction of packets, 0..1", o.nicLoss)
+	case !(o.nicSetupFail >= 0 && o.nicSetupFail <= 1):
+		return usagef("--nic-setup-fail %v: want a fraction of mappings, 0..1", o.nicSetupFail)
+	case o.nicTeardownDelay < 0:
+		return usagef("--nic-teardown-delay %v: want a duration of at least 0", o.nicTeardownDelay)
+	}
+	return nil
+}
+
+// nic makes the simulated NIC of the mount, nil with --offload=false.
+func (o *mountOptions) nic() (*mlx5sim.Device, error) {
+	if !o.offload {
+		return nil, nil
+	}
+	return mlx5sim.New(mlx5sim.Config{
+		Name:          "mlx5sim0",
+		MTU:           o.nicMTU,
+		Seed:          o.nicSeed,
+		LossRate:      o.nicLoss,
+		SetupFailRate: o.nicSetupFail,
+		TeardownDelay: o.nicTeardownDelay,
+	})
 }
 
 func (o *mountOptions) hostOptions(logger *slog.Logger) host.Options {
@@ -189,6 +240,7 @@ type session struct {
 	served   chan error
 
 	ctrl    *host.Controller
+	nic     *mlx5sim.Device // nil: no offload
 	addr    string
 	devices []*blk.Device
 	names   []string // the devices' file names
@@ -248,6 +300,12 @@ func mount(e *env, o *mountOptions, args []string) (err error) {
 		return usagef("--nqn is required with --addr%s", offered(ctx, o.addr, o.hostOptions(logger)))
 	} else {
 		s.addr = o.addr
+	}
+	if s.nic, err = o.nic(); err != nil {
+		return err
+	}
+	if s.nic != nil {
+		s.extraCounters = append(s.extraCounters, func() []blk.Counter { return nicCounters(s.nic) })
 	}
 	if err := s.connect(ctx, o); err != nil {
 		if ctx.Err() == context.Canceled {
@@ -411,6 +469,9 @@ func (s *session) startTarget(nqn string, size int64) error {
 // connect connects the controller, saying clearly why it cannot.
 func (s *session) connect(ctx context.Context, o *mountOptions) error {
 	opts := o.hostOptions(s.log)
+	if s.nic != nil {
+		opts.Offload = s.nic
+	}
 	c, err := host.Connect(ctx, s.addr, o.nqn, opts)
 	if err != nil {
 		var opErr *net.OpError
@@ -444,7 +505,29 @@ func (s *session) connect(ctx context.Context, o *mountOptions) error {
 	}
 	fmt.Fprintf(s.e.stdout, "connected to %s at %s: controller %d, %d I/O queues of depth %d, up to %s per command, digests: %s\n",
 		o.nqn, s.addr, info.CntlID, info.IOQueues, info.QueueSize, humanBytes(int64(info.MaxTransfer)), digests)
+	fmt.Fprintln(s.e.stdout, s.offloadLine())
 	return nil
+}
+
+// offloadLine says how the I/O queues receive.
+func (s *session) offloadLine() string {
+	if s.nic == nil {
+		return "receive offload: off (--offload=false): the host copies and checks every byte"
+	}
+	lim := s.nic.Limits()
+	ci := s.ctrl.Info()
+	return fmt.Sprintf("receive offload: %s (simulated mlx5, MTU %d) on %d of %d I/O queues: reads of %s and more are placed in the reader's buffer (up to %s per command), data digests checked by the NIC",
+		s.nic.Name(), s.nic.MTU(), ci.OffloadedQueues, ci.IOQueues, humanBytes(int64(lim.IOThreshold)), humanBytes(int64(lim.MaxIOBytes())))
+}
+
+// nicCounters are the NIC's counters under their driver names.
+func nicCounters(d *mlx5sim.Device) []blk.Counter {
+	st := d.Stats()
+	cs := make([]blk.Counter, len(st))
+	for i, c := range st {
+		cs[i] = blk.Counter{Name: c.Name, Value: c.Value}
+	}
+	return cs
 }
 
 // discoverNQNs lists the NVM subsystems the discovery controller at addr
@@ -488,7 +571,8 @@ func (s *session) mountFiles(cache bool) error {
 	var files []fusefs.File
 	var lines []string
 	for _, ns := range nss {
-		be, err := nvmeblk.New(s.ctrl, ns.ID, nvmeblk.Options{})
+		// The NIC's scatter list bounds the pages of one command (max_segments).
+		be, err := nvmeblk.New(s.ctrl, ns.ID, nvmeblk.Options{MaxSegments: info.MaxSegments})
 		if err != nil {
 			return err
 		}
@@ -548,6 +632,7 @@ func (s *session) info() string {
 		ci.SubNQN, s.addr, ci.CntlID, ci.Model, ci.Serial, ci.Firmware)
 	fmt.Fprintf(&b, "nvme0: %d I/O queues of depth %d, up to %d bytes per command, header digest %v, data digest %v\n",
 		ci.IOQueues, ci.QueueSize, ci.MaxTransfer, ci.HeaderDigest, ci.DataDigest)
+	fmt.Fprintf(&b, "nvme0: %s\n", s.offloadLine())
 	for _, ns := range s.ctrl.Namespaces() {
 		fmt.Fprintf(&b, "nvme0n%d: namespace %d, %d bytes (%d blocks of %d bytes)\n", ns.ID, ns.ID, ns.Size(), ns.Blocks, ns.BlockSize)
 	}

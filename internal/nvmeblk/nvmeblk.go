@@ -141,5 +141,14 @@ func queueCounters(prefix string, q *host.QueueStats) []blk.Counter {
 		{Name: prefix + "rx_bytes_placed", Value: q.BytesPlaced},
 		{Name: prefix + "rx_crc_software", Value: q.CRCSoftware},
 		{Name: prefix + "rx_crc_offloaded", Value: q.CRCOffloaded},
+		{Name: prefix + "offload_sk_add", Value: q.Offloads},
+		{Name: prefix + "offload_sk_add_fail", Value: q.OffloadFails},
+		{Name: prefix + "ddp_setup", Value: q.DDPSetups},
+		{Name: prefix + "ddp_setup_fail", Value: q.DDPSetupFails},
+		{Name: prefix + "ddp_teardown", Value: q.DDPTeardowns},
+		{Name: prefix + "resync_requests", Value: q.ResyncRequests},
+		{Name: prefix + "resync_yes", Value: q.ResyncYes},
+		{Name: prefix + "resync_no", Value: q.ResyncNo},
+		{Name: prefix + "inflight_max", Value: q.InFlightMax},
 	}
 }

@@ -544,6 +544,9 @@ func (a *assoc) connectIOQueues(ctx context.Context) error {
 		if i == 1 {
 			a.info.MaxH2CData = uint32(q.maxH2CData)
 		}
+		if q.off != nil {
+			a.info.OffloadedQueues++
+		}
 	}
 	a.info.IOQueues = len(a.io)
 	return nil

@@ -14,31 +14,34 @@ const maxDiscoveryRecords = 1023
 
 // ControllerInfo is what Identify Controller and Connect told the host.
 type ControllerInfo struct {
-	CntlID       uint16
-	VendorID     uint16
-	Serial       string
-	Model        string
-	Firmware     string
-	SubNQN       string
-	Version      uint32 // VS property: major<<16 | minor<<8 | tertiary
-	MDTS         uint8  // 2^MDTS minimum pages per command; 0: no limit
-	MaxCmd       uint16
-	NN           uint32 // highest namespace id
-	ONCS         uint16
-	VWC          bool // volatile write cache present
-	SGLS         uint32
-	IOCCSZ       uint32 // I/O queue command capsule size, in 16-byte units
-	IORCSZ       uint32
-	ICDOFF       uint16
-	KAS          uint16 // keep-alive granularity, 100 ms units
-	MaxTransfer  int    // bytes per command the host uses (Options.MaxTransfer capped by MDTS and the offload's MaxSGL pages)
-	MaxSegments  int    // pages one command's buffer may span (the offload device's MaxSGL); 0: no limit
-	InCapsule    int    // in-capsule write data on I/O queues (0: none)
-	IOQueues     int    // I/O queues connected
-	QueueSize    int    // depth of each I/O queue
-	MaxH2CData   uint32 // from the I/O queues' ICResp
-	HeaderDigest bool
-	DataDigest   bool
+	CntlID      uint16
+	VendorID    uint16
+	Serial      string
+	Model       string
+	Firmware    string
+	SubNQN      string
+	Version     uint32 // VS property: major<<16 | minor<<8 | tertiary
+	MDTS        uint8  // 2^MDTS minimum pages per command; 0: no limit
+	MaxCmd      uint16
+	NN          uint32 // highest namespace id
+	ONCS        uint16
+	VWC         bool // volatile write cache present
+	SGLS        uint32
+	IOCCSZ      uint32 // I/O queue command capsule size, in 16-byte units
+	IORCSZ      uint32
+	ICDOFF      uint16
+	KAS         uint16 // keep-alive granularity, 100 ms units
+	MaxTransfer int    // bytes per command the host uses (Options.MaxTransfer capped by MDTS and the offload's MaxSGL pages)
+	MaxSegments int    // pages one command's buffer may span (the offload device's MaxSGL); 0: no limit
+	InCapsule   int    // in-capsule write data on I/O queues (0: none)
+	IOQueues    int    // I/O queues connected
+	// OffloadedQueues are the I/O queues whose receive the offload device
+	// took (sk_add succeeded) when the association was set up.
+	OffloadedQueues int
+	QueueSize       int    // depth of each I/O queue
+	MaxH2CData      uint32 // from the I/O queues' ICResp
+	HeaderDigest    bool
+	DataDigest      bool
 }
 
 func parseIdentifyController(b []byte, ci *ControllerInfo) error {

@@ -138,6 +138,10 @@ func (o *offload) TeardownDone(io *ddp.IO) {
 	}
 	r := &q.reqs[t]
 	o.stats.ddpTeardown.Add(1)
+	// The device is done with the list: drop its references to the
+	// caller's buffer.
+	clear(io.SG)
+	io.SG = io.SG[:0]
 	r.mu.Lock()
 	r.ddp = ddpNone
 	if r.unmapWait {
