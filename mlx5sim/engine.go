@@ -14,10 +14,13 @@ import (
 const (
 	// maxRead bounds one read: a page read maps at most maxIOV pieces.
 	maxRead = maxIOV * ddp.PageSize
-	maxIOV  = 16
+	// maxIOV: unix.Readv allocates above 8 pieces.
+	maxIOV = 8
 	// minBounce: with less room left in a batch's buffer, hand it off
 	// rather than read a sliver.
 	minBounce = 2048
+	// cpuSampleEvery: handoffs between two reads of the engine's CPU time.
+	cpuSampleEvery = 64
 )
 
 // errWouldBlock: a non-blocking read found nothing to read.
@@ -48,9 +51,20 @@ type engine struct {
 	seenLost  uint64 // lostPkt+1 of the last lost packet the tracker was told of
 
 	iov [][]byte
+	one [1][]byte
+	// The raw read's arguments and results: rawRead is bound once, so
+	// that a read allocates nothing.
+	rdBufs  [][]byte
+	rdBlock bool
+	rdMap   *entry
+	rdGen   uint32
+	rdN     int
+	rdErr   error
+	rawRead func(fd uintptr) bool
 	// Counters, flushed to the device's at each handoff.
 	npkts, bytes, offPackets, offBytes uint64
 	lastOffPkt                         uint64 // packet index + 1 of the last packet with placed bytes
+	handoffs                           uint64
 	cpuStart                           int64
 }
 
@@ -65,6 +79,7 @@ func newEngine(s *socket, rng *rand.Rand) *engine {
 	if sc, ok := s.conn.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			e.raw = rc
+			e.rawRead = e.readFD
 		}
 	}
 	e.t = newTracker(s)
@@ -89,7 +104,7 @@ func (e *engine) run() {
 	if b != nil {
 		e.handoff(b)
 	}
-	e.flush()
+	e.flush(true)
 	s.err = err
 	close(s.full)
 }
@@ -142,7 +157,8 @@ func (e *engine) loop(bp **batch) error {
 				continue
 			}
 			dst := b.buf[b.used : b.used+min(n, room)]
-			got, err = e.read([][]byte{dst}, block, nil, 0)
+			e.one[0] = dst
+			got, err = e.read(e.one[:], block, nil, 0)
 			if got > 0 {
 				b.used += got
 				e.consume(b, dst[:got], false, lost)
@@ -213,35 +229,10 @@ func (e *engine) read(bufs [][]byte, block bool, m *entry, gen uint32) (int, err
 		}
 		return s.conn.Read(bufs[0])
 	}
-	var n int
-	var err error
-	rerr := e.raw.Read(func(fd uintptr) bool {
-		if m != nil {
-			if !s.beginWrite(m, gen) {
-				n, err = 0, errStale
-				return true
-			}
-			defer s.endWrite()
-		}
-		for {
-			if len(bufs) == 1 {
-				n, err = unix.Read(int(fd), bufs[0])
-			} else {
-				n, err = unix.Readv(int(fd), bufs)
-			}
-			if err != unix.EINTR {
-				break
-			}
-		}
-		if err == unix.EAGAIN {
-			if !block {
-				err = errWouldBlock
-				return true
-			}
-			return false // wait for the poller
-		}
-		return true
-	})
+	e.rdBufs, e.rdBlock, e.rdMap, e.rdGen, e.rdN = bufs, block, m, gen, 0
+	rerr := e.raw.Read(e.rawRead)
+	n, err := e.rdN, e.rdErr
+	e.rdBufs, e.rdMap, e.rdErr = nil, nil, nil
 	switch {
 	case rerr != nil:
 		return 0, rerr
@@ -251,6 +242,40 @@ func (e *engine) read(bufs [][]byte, block bool, m *entry, gen uint32) (int, err
 		return 0, io.EOF
 	}
 	return n, nil
+}
+
+// readFD is one attempt of read on the file descriptor; false: wait until
+// it is readable and try again.
+func (e *engine) readFD(fd uintptr) bool {
+	s := e.s
+	if m := e.rdMap; m != nil {
+		if !s.beginWrite(m, e.rdGen) {
+			e.rdN, e.rdErr = 0, errStale
+			return true
+		}
+		defer s.endWrite()
+	}
+	var n int
+	var err error
+	for {
+		if len(e.rdBufs) == 1 {
+			n, err = unix.Read(int(fd), e.rdBufs[0])
+		} else {
+			n, err = unix.Readv(int(fd), e.rdBufs)
+		}
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err == unix.EAGAIN {
+		if !e.rdBlock {
+			e.rdN, e.rdErr = 0, errWouldBlock
+			return true
+		}
+		return false // wait for the poller
+	}
+	e.rdN, e.rdErr = n, err
+	return true
 }
 
 // consume feeds fresh bytes (unless the tracker lost their packet) and
@@ -311,19 +336,22 @@ func (e *engine) handoff(b *batch) {
 		e.s.free <- b
 		return
 	}
-	e.flush()
+	e.handoffs++
+	e.flush(false)
 	e.s.full <- b
 }
 
-// flush adds the engine's counters to the device's.
-func (e *engine) flush() {
+// flush adds the engine's counters to the device's (and, every
+// cpuSampleEvery handoffs and at the end, its thread's CPU time: reading
+// it is a system call).
+func (e *engine) flush(final bool) {
 	st := &e.s.d.stats
 	st.add(statPackets, e.npkts)
 	st.add(statBytes, e.bytes)
 	st.add(statOffloadPackets, e.offPackets)
 	st.add(statOffloadBytes, e.offBytes)
 	e.npkts, e.bytes, e.offPackets, e.offBytes = 0, 0, 0, 0
-	if e.s.d.cfg.AccountCPU {
+	if e.s.d.cfg.AccountCPU && (e.handoffs%cpuSampleEvery == 0 || final) {
 		now := threadCPU()
 		st.add(statEngineCPU, uint64(max(now-e.cpuStart, 0)))
 		e.cpuStart = now

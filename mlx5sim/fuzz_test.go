@@ -65,6 +65,7 @@ func FuzzEngine(f *testing.F) {
 		hc, tc := unixPair(t)
 		host := newFakeHost(t, oc, 0)
 		host.keepData = true
+		host.mtu = dev.MTU()
 		host.rxCRC = cfg.Capabilities != ddp.CapPlacement
 		var cmds [fuzzTags]*hcmd
 		host.lookup = func(tag uint16) *hcmd {

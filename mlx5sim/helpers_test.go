@@ -151,14 +151,16 @@ type hcmd struct {
 // device did not verify, answers resync requests and checks everything
 // the device claims.
 type fakeHost struct {
-	t        testing.TB
-	p        wire.Params
-	isn      ddp.Seq
-	rxCRC    bool // CRCOK may be set
-	sock     ddp.Socket
-	onResp   func(c *hcmd) // response seen
-	lookup   func(tag uint16) *hcmd
-	keepData bool // collect every byte received into got
+	t         testing.TB
+	p         wire.Params
+	isn       ddp.Seq
+	rxCRC     bool // CRCOK may be set
+	sock      ddp.Socket
+	onResp    func(c *hcmd) // response seen
+	lookup    func(tag uint16) *hcmd
+	keepData  bool // collect every byte received into got
+	mtu       int  // if set: segments must not cross packet boundaries
+	onSegment func(ddp.Segment)
 
 	got  []byte
 	n    uint64        // bytes received
@@ -250,11 +252,20 @@ func (h *fakeHost) fail(format string, args ...any) {
 
 // segment consumes one segment.
 func (h *fakeHost) segment(seg ddp.Segment) {
+	if h.onSegment != nil {
+		h.onSegment(seg)
+	}
 	if seg.Seq != h.seq() {
 		h.fail("segment seq %d, want %d", seg.Seq, h.seq())
 	}
 	if len(seg.Bytes) == 0 {
 		h.fail("empty segment")
+	}
+	if h.mtu > 0 {
+		first := uint32(seg.Seq-h.isn) / uint32(h.mtu)
+		if last := uint32(seg.Seq-h.isn+ddp.Seq(len(seg.Bytes)-1)) / uint32(h.mtu); first != last {
+			h.fail("segment of %d bytes at %d crosses a packet boundary (MTU %d)", len(seg.Bytes), seg.Seq, h.mtu)
+		}
 	}
 	h.segments++
 	if seg.CRCOK {

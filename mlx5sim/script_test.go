@@ -59,6 +59,7 @@ func newScriptOn(t *testing.T, dev *Device, oc wire.OffloadConfig) *script {
 	}
 	sc.host = newFakeHost(t, oc, dev.cfg.InitialSeq)
 	sc.host.keepData = true
+	sc.host.mtu = dev.MTU()
 	sc.host.lookup = func(tag uint16) *hcmd { return sc.cmds[tag] }
 	sock, err := dev.SkAdd(hc, oc, sc)
 	if err != nil {
@@ -399,7 +400,11 @@ func TestScriptStricterDevice(t *testing.T) {
 	sc := newScript(t, Config{MaxPDUData: 8192}, wire.OffloadConfig{HeaderDigest: true, DataDigest: true})
 	big := sc.buffer(1, 16<<10, true)
 	var later []*hcmd
+	var segs []ddp.Segment
+	sc.host.onSegment = func(s ddp.Segment) { segs = append(segs, s) }
+	resume := 0 // where tracking resumes: the first PDU sent after the host answered
 	sc.send(sc.snd.c2h(1, 0, data(16<<10, 1), wire.FlagLast, 0), sc.snd.resp(1))
+	start0 := len(sc.sent) // the small PDUs start here
 	for i := range 10 {
 		tag := uint16(2 + i)
 		later = append(later, sc.buffer(tag, 4096, true))
@@ -410,9 +415,36 @@ func TestScriptStricterDevice(t *testing.T) {
 			if err := sc.recv(len(sc.sent)); err != nil {
 				t.Fatal(err)
 			}
+			resume = len(sc.sent)
 		}
 	}
 	sc.end()
+	// Tracking resumes at a PDU boundary, at the latest where the PDUs
+	// sent after the answer start. The first PDU after the resync is
+	// placed but never CRCOK; the ones after it are both.
+	pduLen := len(sc.snd.c2h(0, 0, data(4096, 0), wire.FlagLast|wire.FlagSuccess, 0))
+	r := -1
+	for _, s := range segs {
+		if s.Placed {
+			r = start0 + (int(s.Seq)-start0)/pduLen*pduLen
+			break
+		}
+	}
+	if r < 0 || r > resume {
+		t.Fatalf("placement resumed at %d, want a PDU boundary in [%d, %d]", r, start0, resume)
+	}
+	for _, s := range segs {
+		at := int(s.Seq)
+		switch {
+		case at >= r && at < r+pduLen && s.CRCOK:
+			t.Errorf("segment at %d, in the first PDU after the resync (at %d), is CRCOK", at, r)
+		case at >= r+pduLen && !s.CRCOK:
+			t.Errorf("segment at %d, after the first PDU after the resync (at %d), is not CRCOK", at, r)
+		}
+	}
+	if want := len(later) - 2 - 1; sc.host.offloaded < want {
+		t.Errorf("%d digests offloaded, want at least %d", sc.host.offloaded, want)
+	}
 	if big.placed != 0 {
 		t.Errorf("placed %d bytes of a PDU the device could not follow", big.placed)
 	}

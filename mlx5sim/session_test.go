@@ -98,6 +98,7 @@ func runSession(t *testing.T, o sessionOpts) *session {
 	}
 	h := newFakeHost(t, o.oc, o.dev.InitialSeq)
 	h.keepData = o.keep
+	h.mtu = dev.MTU()
 	h.lookup = func(tag uint16) *hcmd {
 		s.mu.Lock()
 		defer s.mu.Unlock()

@@ -37,7 +37,7 @@ type entry struct {
 // Receive handoff: the engine fills batches, Recv hands their segments out.
 const (
 	numBatches  = 4
-	bounceSize  = 32 << 10
+	bounceSize  = 64 << 10
 	maxBatchSeg = 512
 )
 
