@@ -3,6 +3,7 @@ package mlx5sim
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -248,7 +249,15 @@ func TestScriptLateData(t *testing.T) {
 // the rest of the payload arrives unplaced and the buffer is never
 // written after TeardownDone.
 func TestScriptTeardownMidPayload(t *testing.T) {
-	sc := newScript(t, Config{}, wire.OffloadConfig{DataDigest: true})
+	for _, delay := range []time.Duration{0, 100 * time.Millisecond} {
+		t.Run(fmt.Sprint(delay), func(t *testing.T) { teardownMidPayload(t, delay) })
+	}
+}
+
+// teardownMidPayload: with a delay, the rest of the payload arrives
+// between Teardown and TeardownDone: it must not be placed either.
+func teardownMidPayload(t *testing.T, delay time.Duration) {
+	sc := newScript(t, Config{TeardownDelay: delay}, wire.OffloadConfig{DataDigest: true})
 	m := sc.buffer(4, 64<<10, true)
 	pdu := sc.snd.c2h(4, 0, data(64<<10, 7), wire.FlagLast, 0)
 	cut := wire.DataHdrLen + 10000
@@ -263,26 +272,61 @@ func TestScriptTeardownMidPayload(t *testing.T) {
 	// Give the engine time to block waiting for the rest.
 	time.Sleep(20 * time.Millisecond)
 	sc.sock.Teardown(m.io)
+	if delay > 0 {
+		// The rest comes before TeardownDone.
+		sc.send(pdu[cut:], sc.snd.resp(4))
+		if err := sc.recv(len(sc.sent)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	sc.waitDone(m.io)
 	for i := range m.buf {
 		m.buf[i] = poison
 	}
 	m.abandoned = true // the host gave the read up
-	sc.send(pdu[cut:], sc.snd.resp(4))
-	sc.end()
-	if !isAll(m.buf, poison) {
+	var again *hcmd
+	if delay == 0 {
+		// The tag is mapped anew, to another buffer, before the rest
+		// of the old PDU arrives: that rest must not land there.
+		again = sc.buffer(4, 64<<10, true)
+		again.abandoned = true
+		sc.send(pdu[cut:], sc.snd.resp(4))
+		if err := sc.recv(len(sc.sent)); err != nil {
+			t.Fatal(err)
+		}
+		if again.placed != 0 || !isAll(again.buf, sentinel) {
+			t.Fatalf("the old PDU's rest landed in the tag's new mapping (%d bytes placed)", again.placed)
+		}
+		again.abandoned = false
+		next := data(64<<10, 8)
+		sc.send(sc.snd.c2h(4, 0, next, wire.FlagLast|wire.FlagSuccess, 0))
+		sc.end()
+		if again.placed != len(next) || !bytes.Equal(again.buf, next) {
+			t.Errorf("the new mapping: placed %d, data right %v", again.placed, bytes.Equal(again.buf, next))
+		}
+		placedBefore += again.placed
+	} else {
+		sc.end()
+	}
+	if delay == 0 && !isAll(m.buf, poison) {
 		t.Error("buffer written after TeardownDone")
+	}
+	if again != nil {
+		placedBefore -= again.placed
 	}
 	if m.placed != placedBefore {
 		t.Errorf("placed %d bytes before the teardown, %d in all", placedBefore, m.placed)
+	}
+	if again != nil {
+		placedBefore += again.placed
 	}
 	if sc.host.placedBytes != placedBefore {
 		t.Errorf("%d bytes placed in all, %d before the teardown", sc.host.placedBytes, placedBefore)
 	}
 	// Placement stopped, tracking did not: the device still verified the
 	// digest.
-	if sc.host.offloaded != 1 {
-		t.Errorf("%d digests offloaded, want 1", sc.host.offloaded)
+	if sc.host.software != 0 {
+		t.Errorf("%d digests checked in software, want 0", sc.host.software)
 	}
 }
 
@@ -483,5 +527,79 @@ func TestScriptOverlap(t *testing.T) {
 	}
 	if m.placed != len(a)+len(c) || m.copied != len(b) {
 		t.Errorf("placed %d, copied %d; want %d and %d", m.placed, m.copied, len(a)+len(c), len(b))
+	}
+}
+
+// TestScriptRefuted: after a header neither side can parse, the host's
+// parser is dead and refutes every candidate; the device must stay out of
+// sync: nothing placed, nothing CRCOK, however long the stream goes on.
+func TestScriptRefuted(t *testing.T) {
+	sc := newScript(t, Config{}, wire.OffloadConfig{HeaderDigest: true, DataDigest: true})
+	m := sc.buffer(1, 4096, true)
+	rng := rand.New(rand.NewPCG(1, 2))
+	lostAt := 0
+	sc.host.onSegment = func(s ddp.Segment) {
+		if lostAt > 0 && int(s.Seq)+len(s.Bytes) > lostAt && s.CRCOK {
+			t.Errorf("segment at %d, after the garbage at %d, is CRCOK", s.Seq, lostAt)
+		}
+	}
+	sc.send(sc.snd.c2h(2, 0, data(4096, 1), wire.FlagLast, 0), sc.snd.resp(2))
+	lostAt = len(sc.sent)
+	sc.send(randBytes(rng, 24))
+	for range 3 {
+		for range 4 {
+			sc.send(sc.snd.c2h(1, 0, data(4096, 2), wire.FlagLast|wire.FlagSuccess, 0))
+		}
+		// Let the host see (and refute) the candidates before more comes.
+		if err := sc.recv(len(sc.sent)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sc.end()
+	if m.placed != 0 || !isAll(m.buf, sentinel) {
+		t.Errorf("placed %d bytes after the stream stopped parsing", m.placed)
+	}
+	if stat(sc.dev, "sim_lost_track") != 1 {
+		t.Errorf("lost track %d times, want 1", stat(sc.dev, "sim_lost_track"))
+	}
+	if sc.host.resyncNo == 0 || stat(sc.dev, "sim_resync_fail") == 0 {
+		t.Errorf("host refuted %d candidates, device counts %d refutations", sc.host.resyncNo, stat(sc.dev, "sim_resync_fail"))
+	}
+}
+
+// TestScriptFalseCandidate: after losing track, the device finds a fake
+// header inside a payload; the next header on its chain does not parse,
+// so it drops the candidate on its own, searches on, and resyncs on a
+// real header.
+func TestScriptFalseCandidate(t *testing.T) {
+	sc := newScript(t, Config{MaxPDUData: 4096}, wire.OffloadConfig{DataDigest: true})
+	payload := data(6000, 1)
+	fake := newSender(wire.OffloadConfig{}).resp(9) // a plausible CapsuleResp...
+	copy(payload[1000:], fake)
+	clear(payload[1000+len(fake) : 1000+len(fake)+8]) // ...followed by no header at all
+	sc.buffer(1, 6000, false)
+	sc.send(sc.snd.c2h(1, 0, payload, wire.FlagLast, 0), sc.snd.resp(1))
+	var later []*hcmd
+	for i := range 6 {
+		tag := uint16(2 + i)
+		later = append(later, sc.buffer(tag, 4096, true))
+		sc.send(sc.snd.c2h(tag, 0, data(4096, uint32(10+i)), wire.FlagLast|wire.FlagSuccess, 0))
+		if i == 1 {
+			if err := sc.recv(len(sc.sent)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	sc.end()
+	fails, ok := stat(sc.dev, "sim_resync_fail"), stat(sc.dev, "sim_resync_ok")
+	if fails < 1 || ok != 1 || sc.host.resyncNo != 0 {
+		t.Errorf("%d candidates refuted (the host refuted %d), %d confirmed; want >= 1 refuted by the stream, 1 confirmed", fails, sc.host.resyncNo, ok)
+	}
+	placed := 0
+	for _, c := range later {
+		placed += c.placed
+	}
+	if placed < 4*4096 {
+		t.Errorf("placed %d bytes after the resync, want at least %d", placed, 4*4096)
 	}
 }

@@ -108,6 +108,7 @@ func TestSessionLoss(t *testing.T) {
 	}{
 		{0.01, 128 << 10, 32 << 10},
 		{0.20, 16 << 10, 4 << 10},
+		{1, 16 << 10, 4 << 10}, // the tracker sees nothing
 	} {
 		t.Run(fmt.Sprintf("loss=%v", tc.rate), func(t *testing.T) {
 			s := runSession(t, sessionOpts{
@@ -129,6 +130,13 @@ func TestSessionLoss(t *testing.T) {
 				return
 			}
 			h, d := s.host, s.dev
+			if tc.rate == 1 {
+				if s.placed != 0 || h.crcOKSegs != 0 || h.resyncReqs != 0 || h.software != h.dataPDUs {
+					t.Errorf("every packet lost: placed %d, %d CRCOK segments, %d resync requests, %d of %d digests in software",
+						s.placed, h.crcOKSegs, h.resyncReqs, h.software, h.dataPDUs)
+				}
+				return
+			}
 			lost, reqs, ok := stat(d, "sim_loss_injected"), stat(d, "rx_nvmeotcp_resync"), stat(d, "sim_resync_ok")
 			if lost == 0 || reqs == 0 || ok == 0 {
 				t.Fatalf("loss %d, resync requests %d, confirmed %d: want all > 0", lost, reqs, ok)
