@@ -3,6 +3,7 @@ package mlx5sim
 import (
 	"fmt"
 	"github.com/nvmefs/nvmefs/ddp"
+	"runtime"
 	"testing"
 	"time"
 
@@ -284,4 +285,49 @@ func TestSessionCapabilitySwitch(t *testing.T) {
 	if s.placed == 0 || s.placed == s.mappedBytes+s.unmappedBytes {
 		t.Errorf("placed %d of %d bytes: the switch had no effect", s.placed, s.mappedBytes+s.unmappedBytes)
 	}
+}
+
+// TestSessionAllFaults runs every fault at once (tracker loss, setup
+// failures, delayed teardowns, corrupted digests, a small MTU, offloads
+// switched off and on) and checks what every session checks: exact bytes,
+// right reads, digest errors found, no write after TeardownDone, setups
+// matched by teardowns. It also leaves no goroutine behind.
+func TestSessionAllFaults(t *testing.T) {
+	base := runtime.NumGoroutine()
+	s := runSession(t, sessionOpts{
+		dev:       Config{MTU: 512, LossRate: 0.02, SetupFailRate: 0.2, TeardownDelay: 200 * time.Microsecond, Seed: 77},
+		oc:        wire.OffloadConfig{HeaderDigest: true, DataDigest: true, HPDA: 3},
+		commands:  400,
+		qd:        12,
+		minSize:   1,
+		maxSize:   96 << 10,
+		maxC2H:    24 << 10,
+		success:   0.4,
+		r2t:       0.05,
+		corrupt:   0.05,
+		threshold: 2048,
+		chunk:     4000,
+		keep:      true,
+		seed:      21,
+		during: func(i int, d *Device) {
+			switch i % 100 {
+			case 30:
+				d.SetCapabilities(ddp.CapRxCRC)
+			case 50:
+				d.SetCapabilities(ddp.CapPlacement)
+			case 70:
+				d.SetCapabilities(ddp.CapPlacement | ddp.CapRxCRC)
+			}
+		},
+	})
+	if t.Failed() {
+		return
+	}
+	d := s.dev
+	t.Logf("placed %d of %d mapped bytes; %d resyncs requested, %d confirmed; %d setups failed; %d digest errors found",
+		s.placed, s.mappedBytes, stat(d, "rx_nvmeotcp_resync"), stat(d, "sim_resync_ok"), stat(d, "rx_nvmeotcp_ddp_setup_fail"), s.host.digestErrors)
+	if s.placed == 0 || stat(d, "sim_resync_ok") == 0 || stat(d, "rx_nvmeotcp_ddp_setup_fail") == 0 {
+		t.Error("a fault or the offload itself did not happen")
+	}
+	waitGoroutines(t, base)
 }
