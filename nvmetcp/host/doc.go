@@ -31,7 +31,31 @@
 // io.ReadFull straight into the request's buffer and the parser checks the
 // data digest; an offloaded stream (DDP) hands over segments that may already
 // be placed (the copy is skipped) and CRC-verified (the digest check is
-// skipped). Sending: a submitter writes its capsule itself when nothing is
+// skipped).
+//
+// DDP offload (Options.Offload, a ddp.Device; the host knows no NIC model):
+//   - Each I/O queue is offloaded (sk_add) right after ICResp, before
+//     anything else is read; if that fails the queue runs in software until
+//     its next reconnect. The admin queue never is; the device's limits cap
+//     MaxTransfer at MaxSGL pages (ControllerInfo.MaxSegments), and a buffer
+//     that is not page-aligned is split one page shorter.
+//   - A read of at least the device's IOThreshold is mapped (Setup, tag =
+//     command id) before its capsule is sent; a refused Setup sends it the
+//     software way. Without the device's full tag range, command ids on the
+//     queue carry no generation, so that they stay below the queue size.
+//   - On the response (CapsuleResp or C2HData SUCCESS) the mapping is torn
+//     down; the command completes only once TeardownDone came too. A waiter
+//     leaving early unmaps and waits for TeardownDone before it returns.
+//   - The parser answers resync requests at PDU starts (yes when a header
+//     starts exactly at the requested offset, no once past it), skips the
+//     copy where the NIC placed the bytes (source == destination), and
+//     computes the data digest itself unless every segment of the PDU was
+//     CRC-verified. A digest error is never delivered (the read is retried).
+//   - A failed queue is un-offloaded (sk_del, which ends every mapping)
+//     before its commands are failed and issued again; a device going down
+//     fails its queues into the usual error recovery.
+//
+// Sending: a submitter writes its capsule itself when nothing is
 // queued and nobody writes (direct send); otherwise the queue's writer
 // batches capsules and H2CData into one writev. Neither allocates per
 // command.
