@@ -19,10 +19,11 @@
 //     buffer (source == destination). Only payload of a PDU whose command
 //     id is mapped and whose DATAO+DATAL lies inside the mapping is placed,
 //     only while the engine is in sync, and only if the PDU starts at or
-//     after the end of every PDU seen inside that mapping: each byte of a
-//     mapping is written at most once, so a placed segment's bytes never
-//     change while the ULP holds them. Unplaced bytes live in a
-//     NIC-private receive buffer, valid until the next Recv.
+//     after the end of every PDU the engine followed in sync inside that
+//     mapping: each byte of a mapping is written at most once, so a
+//     placed segment's bytes never change while the ULP holds them.
+//     Unplaced bytes live in a NIC-private receive buffer, valid until
+//     the next Recv.
 //   - CRCOK: rx-crc is on, the engine was in sync for every byte of the
 //     segment, and every CRC field ending in the segment verified. A
 //     segment in sync with no CRC field ending in it is CRCOK; the segment

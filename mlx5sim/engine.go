@@ -131,12 +131,21 @@ func (e *engine) loop(bp **batch) error {
 		block := len(b.segs) == 0
 		e.t.caps = s.d.caps()
 		pe, gen, moff, want := e.t.plan()
-		lost, n := e.packets(min(want, maxRead))
+		if pe == nil {
+			want = min(want, bounceSize)
+		} else {
+			want = min(want, maxRead)
+		}
+		lost, n := e.packets(want)
 		var got int
 		var err error
 		if pe != nil && !lost {
-			bufs := pe.pieces(moff, n, e.iov[:0])
-			got, err = e.read(bufs, block, pe, gen)
+			bufs, ok := s.pieces(pe, gen, moff, n, e.iov[:0])
+			if ok {
+				got, err = e.read(bufs, block, pe, gen)
+			} else {
+				err = errStale
+			}
 			if err == errStale {
 				e.t.dropPlace() // torn down: the rest goes unplaced
 				continue
@@ -180,14 +189,14 @@ func (e *engine) loop(bp **batch) error {
 }
 
 // packets decides packet loss up to limit bytes ahead: whether the packet
-// at e.off is lost, and how many bytes from e.off stay on the same side
-// (all lost, up to that packet's end; or none lost, up to the next lost
-// packet).
+// at e.off is lost, and how many bytes from e.off stay on the same side:
+// the rest of that packet if it is lost (bytes nobody places), else up to
+// limit or the next lost packet.
 func (e *engine) packets(limit int) (lost bool, n int) {
 	cur := e.off / e.mtu
 	e.decide(cur)
 	if e.lostAhead && e.lostPkt == cur {
-		return true, int(min(uint64(limit), (cur+1)*e.mtu-e.off))
+		return true, int(min(bounceSize, (cur+1)*e.mtu-e.off))
 	}
 	end := e.off + uint64(limit)
 	for p := cur + 1; p*e.mtu < end; p++ {
@@ -373,27 +382,6 @@ func (e *engine) undelivered() uint64 {
 		e.s.free <- b
 	}
 	return n
-}
-
-// pieces returns the parts of e's buffer that take n bytes at offset moff,
-// at most maxIOV of them.
-func (en *entry) pieces(moff, n int, dst [][]byte) [][]byte {
-	sg := en.io.SG
-	i, within := 0, moff
-	if first := len(sg[0]); moff >= first {
-		k := moff - first
-		i, within = 1+k/ddp.PageSize, k%ddp.PageSize
-	}
-	for ; n > 0 && i < len(sg) && len(dst) < maxIOV; i++ {
-		p := sg[i][within:]
-		if len(p) > n {
-			p = p[:n]
-		}
-		dst = append(dst, p)
-		n -= len(p)
-		within = 0
-	}
-	return dst
 }
 
 // threadCPU is the calling thread's CPU time in nanoseconds.

@@ -405,3 +405,29 @@ func (s *socket) endWrite() {
 	}
 	s.writing = nil
 }
+
+// pieces returns the parts of mapping e (if it is still the mapping of
+// generation gen) that take n bytes at offset moff, at most maxIOV of them.
+func (s *socket) pieces(e *entry, gen uint32, moff, n int, dst [][]byte) ([][]byte, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e.state != entryMapped || e.gen != gen {
+		return dst, false
+	}
+	sg := e.io.SG
+	i, within := 0, moff
+	if first := len(sg[0]); moff >= first {
+		k := moff - first
+		i, within = 1+k/ddp.PageSize, k%ddp.PageSize
+	}
+	for ; n > 0 && i < len(sg) && len(dst) < maxIOV; i++ {
+		p := sg[i][within:]
+		if len(p) > n {
+			p = p[:n]
+		}
+		dst = append(dst, p)
+		n -= len(p)
+		within = 0
+	}
+	return dst, len(dst) > 0
+}

@@ -365,8 +365,10 @@ func (t *tracker) onHeader() {
 	if t.mode == modeTrack && t.l.DataLen > 0 && t.l.Type == wire.TypeC2HData {
 		d := wire.DataHeader(t.hdr[:])
 		t.datao = d.DataOffset()
-		if t.caps&ddp.CapPlacement != 0 {
-			t.place, t.gen = t.s.lookup(d.CCCID(), t.datao, d.DataLen())
+		// Looked up even with placement off: the mapping's high-water
+		// mark must count this PDU.
+		if e, gen := t.s.lookup(d.CCCID(), t.datao, d.DataLen()); e != nil && t.caps&ddp.CapPlacement != 0 {
+			t.place, t.gen = e, gen
 		}
 		t.crcOn = t.l.DDGST != 0 && t.caps&ddp.CapRxCRC != 0
 	}
