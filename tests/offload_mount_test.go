@@ -56,6 +56,16 @@ func TestMountOffload(t *testing.T) {
 			}
 
 			s := mountStats(t, m.Dir)
+			raw, err := os.ReadFile(filepath.Join(m.Dir, ".nvmefs", "stats"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if lines := strings.Count(string(raw), "\n"); lines != len(s) {
+				t.Errorf("the stats file has %d lines for %d distinct names", lines, len(s))
+			}
+			if s["nvme0_commands_inflight_max"] == 0 || s["nvme0_q1_commands_inflight_max"] == 0 {
+				t.Errorf("commands in flight at most: %d, on queue 1: %d", s["nvme0_commands_inflight_max"], s["nvme0_q1_commands_inflight_max"])
+			}
 			if s["nvme0_errors"] != 0 || s["nvme0_digest_errors"] != 0 || s["fuse_errors"] != 0 {
 				t.Errorf("errors: host %d, digests %d, fuse %d", s["nvme0_errors"], s["nvme0_digest_errors"], s["fuse_errors"])
 			}

@@ -149,6 +149,6 @@ func queueCounters(prefix string, q *host.QueueStats) []blk.Counter {
 		{Name: prefix + "resync_requests", Value: q.ResyncRequests},
 		{Name: prefix + "resync_yes", Value: q.ResyncYes},
 		{Name: prefix + "resync_no", Value: q.ResyncNo},
-		{Name: prefix + "inflight_max", Value: q.InFlightMax},
+		{Name: prefix + "commands_inflight_max", Value: q.InFlightMax},
 	}
 }
