@@ -1,10 +1,7 @@
 package mlx5sim
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"runtime"
@@ -460,30 +457,6 @@ func (h *fakeHost) endPDU() {
 	h.pos, h.laid, h.cmd = 0, false, nil
 }
 
-// recvAll runs Recv until want bytes came or the stream ended, under ctx.
-func (h *fakeHost) recvAll(ctx context.Context, want uint64) error {
-	done := make(chan error, 1)
-	go func() {
-		for h.n < want {
-			seg, err := h.sock.Recv()
-			if err != nil {
-				done <- err
-				return
-			}
-			h.segment(seg)
-		}
-		done <- nil
-	}()
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		h.sock.Close()
-		<-done
-		return ctx.Err()
-	}
-}
-
 func (h *fakeHost) requestError() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -513,8 +486,7 @@ func waitGoroutines(t testing.TB, base int) {
 	}
 }
 
-// writeAll writes stream to c in chunks of random-ish sizes, then closes
-// the write side; errors after the reader quit are ignored.
+// writeChunks writes stream to c in chunks of the sizes chunk gives.
 func writeChunks(c net.Conn, stream []byte, chunk func() int) error {
 	for len(stream) > 0 {
 		n := min(len(stream), max(chunk(), 1))
@@ -525,7 +497,3 @@ func writeChunks(c net.Conn, stream []byte, chunk func() int) error {
 	}
 	return nil
 }
-
-var errStop = errors.New("stop")
-
-var _ = io.EOF
