@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -610,4 +611,129 @@ func TestOffloadHostCorruptedPayload(t *testing.T) {
 			rig.close()
 		})
 	}
+}
+
+// A soak under every fault at once: tracker loss, refused setups, delayed
+// teardowns, capabilities switched at run time, reads abandoned by their
+// context, the NIC going down and up, and a writer reading back its own
+// writes (R2T on offloaded queues). Every read is exact; at the end every
+// setup has its teardown. NVMEFS_SOAK sets its length (default 3 s); run it
+// with -race.
+func TestOffloadHostSoak(t *testing.T) {
+	length := 3 * time.Second
+	if v := os.Getenv("NVMEFS_SOAK"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("NVMEFS_SOAK=%q: %v", v, err)
+		}
+		length = d
+	}
+	rig := startOffloadRig(t, rigConfig{
+		target: target.Config{MaxC2HData: 24 << 10, C2HSuccess: true, R2TSize: 16 << 10},
+		nic:    &mlx5sim.Config{Seed: 12, LossRate: 0.02, SetupFailRate: 0.1, TeardownDelay: 200 * time.Microsecond, MTU: 4000},
+		host:   func(o *host.Options) { o.HeaderDigest, o.DataDigest = true, true; o.QueueSize = 16 },
+	})
+	// The writer owns the last 512 KiB; readers read the rest.
+	const region = 512 << 10
+	readable := offloadNSSize - region
+	ctx, cancel := context.WithTimeout(context.Background(), length+time.Minute)
+	defer cancel()
+	soakCtx, stop := context.WithTimeout(ctx, length)
+	defer stop()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	report := func(err error) {
+		select {
+		case errs <- err:
+		default:
+		}
+	}
+	var reads, abandoned, writes atomic.Int64
+	for w := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rnd := rand.New(rand.NewPCG(uint64(w), 13))
+			sizes := []int{4096, 32 << 10, 100 << 10, 512 << 10, 1 << 20}
+			for soakCtx.Err() == nil {
+				size := sizes[rnd.IntN(len(sizes))]
+				buf := alignedBuf(size, offloadBS*rnd.IntN(2))
+				lba := uint64(rnd.IntN((readable-size)/offloadBS + 1))
+				rctx, rcancel := ctx, context.CancelFunc(func() {})
+				if rnd.IntN(10) == 0 {
+					rctx, rcancel = context.WithTimeout(ctx, time.Duration(rnd.IntN(300))*time.Microsecond)
+				}
+				err := rig.c.Read(rctx, 1, lba, buf)
+				rcancel()
+				switch {
+				case err != nil && rctx.Err() != nil && ctx.Err() == nil:
+					abandoned.Add(1)
+				case err != nil:
+					report(err)
+					return
+				case !bytes.Equal(buf, rig.data[lba*offloadBS:lba*offloadBS+uint64(size)]):
+					report(fmt.Errorf("read of %d bytes at block %d: wrong data", size, lba))
+					return
+				default:
+					reads.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		base := uint64(readable / offloadBS)
+		wbuf, rbuf := alignedBuf(region, 0), alignedBuf(region, 0)
+		for i := 0; soakCtx.Err() == nil; i++ {
+			for k := range wbuf {
+				wbuf[k] = byte(k*31 + i)
+			}
+			if err := rig.c.Write(ctx, 1, base, wbuf); err != nil {
+				report(fmt.Errorf("write %d: %w", i, err))
+				return
+			}
+			if err := rig.c.Read(ctx, 1, base, rbuf); err != nil || !bytes.Equal(rbuf, wbuf) {
+				report(fmt.Errorf("reading back write %d: %v (or wrong data)", i, err))
+				return
+			}
+			writes.Add(1)
+		}
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		caps := []ddp.Capability{ddp.CapPlacement | ddp.CapRxCRC, ddp.CapRxCRC, ddp.CapPlacement, ddp.CapPlacement | ddp.CapRxCRC}
+		tick := time.NewTicker(length / 8)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-soakCtx.Done():
+				rig.dev.SetDown(false)
+				rig.dev.SetCapabilities(ddp.CapPlacement | ddp.CapRxCRC)
+				return
+			case <-tick.C:
+			}
+			rig.dev.SetCapabilities(caps[i%len(caps)])
+			if i%4 == 2 {
+				rig.dev.SetDown(true)
+				time.Sleep(20 * time.Millisecond)
+				rig.dev.SetDown(false)
+			}
+		}
+	}()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	s := rig.c.Stats().Total
+	t.Logf("%d reads exact, %d abandoned, %d writes read back; recoveries %d; NIC: %d placed bytes, %d resyncs, %d setups (%d refused), %d sk_add",
+		reads.Load(), abandoned.Load(), writes.Load(), rig.c.Stats().Recoveries, rig.dev.Stat("rx_nvmeotcp_offload_bytes"),
+		rig.dev.Stat("rx_nvmeotcp_resync"), s.DDPSetups, s.DDPSetupFails, rig.dev.Stat("rx_nvmeotcp_sk_add"))
+	if reads.Load() == 0 || writes.Load() == 0 || s.BytesPlaced == 0 || s.ResyncYes == 0 {
+		t.Errorf("the soak did not exercise the offload: %d reads, %d writes, %d bytes placed, %d resyncs confirmed", reads.Load(), writes.Load(), s.BytesPlaced, s.ResyncYes)
+	}
+	rig.checkIdle()
+	rig.close()
 }
