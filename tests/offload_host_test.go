@@ -465,12 +465,38 @@ func TestOffloadHostNICDownUp(t *testing.T) {
 		waitFor("offloaded reads after the reconnect", func() bool { return rig.dev.Stat("rx_nvmeotcp_offload_bytes") > placed+(1<<20) })
 		t.Logf("round %d: recoveries %d, sk_add %d", round, rig.c.Stats().Recoveries, rig.dev.Stat("rx_nvmeotcp_sk_add"))
 	}
+	// Down through the reconnect: the new queues run in software (sk_add
+	// fails) and the reads go on, exact.
+	fails := rig.c.Stats().Total.OffloadFails
+	rec := rig.c.Stats().Recoveries
+	rig.dev.SetDown(true)
+	waitFor("error recovery", func() bool { return rig.c.Stats().Recoveries > rec })
+	waitFor("a reconnect in software", func() bool { return rig.c.Stats().Total.OffloadFails >= fails+2 && rig.c.Info().OffloadedQueues == 0 })
+	copied := rig.c.Stats().Total.BytesDirect
+	waitFor("software reads after the reconnect", func() bool { return rig.c.Stats().Total.BytesDirect > copied+(1<<20) })
+	rig.dev.SetDown(false)
 	stopLoad()
 	if err := <-loadErr; err != nil {
 		t.Fatal(err)
 	}
 	s := rig.c.Stats().Total
-	t.Logf("%d reads exact through 2 NIC down/up; %d retries, %d dropped packets", reads, s.Retries, rig.dev.Stat("rx_nvmeotcp_drop"))
+	t.Logf("%d reads exact through 3 NIC down/up; %d retries, %d dropped packets", reads, s.Retries, rig.dev.Stat("rx_nvmeotcp_drop"))
+	rig.checkIdle()
+	rig.close()
+}
+
+// A device that maps any 16-bit tag: command ids keep their generation.
+func TestOffloadHostFullTagRange(t *testing.T) {
+	rig := startOffloadRig(t, rigConfig{
+		target: target.Config{MaxC2HData: 16 << 10},
+		nic:    &mlx5sim.Config{Seed: 14, FullTagRange: true},
+		host:   func(o *host.Options) { o.DataDigest = true },
+	})
+	rig.mustRead(4, 60, []int{4096, 64 << 10, 512 << 10})
+	if s := rig.c.Stats().Total; s.DDPSetups == 0 || s.DDPSetupFails != 0 || s.BytesPlaced == 0 {
+		t.Errorf("%d setups, %d refused, %d bytes placed", s.DDPSetups, s.DDPSetupFails, s.BytesPlaced)
+	}
+	rig.placedIsSkipped()
 	rig.checkIdle()
 	rig.close()
 }
