@@ -1,0 +1,291 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"strings"
+	"time"
+)
+
+// Report is a benchmark run's results, as written to results.json.
+type Report struct {
+	Started        time.Time `json:"started"`
+	Command        []string  `json:"command"`
+	Machine        Machine   `json:"machine"`
+	FioVersion     string    `json:"fio_version"`
+	RuntimeSeconds float64   `json:"runtime_per_job_s"`
+	NamespaceBytes int64     `json:"namespace_bytes"`
+	LoadBefore     string    `json:"load_average_before"`
+	LoadAfter      string    `json:"load_average_after"`
+	// RTT is one loopback TCP round trip between two processes.
+	RTT     *RTT     `json:"loopback_rtt"`
+	Runs    []Result `json:"runs"`
+	Targets []Target `json:"targets"`
+}
+
+// Result is one job in one mode. CPU figures are per GiB read, in
+// milliseconds of CPU time.
+type Result struct {
+	Job       string `json:"job"`
+	Mode      string `json:"mode"`
+	RW        string `json:"rw"`
+	BlockSize int    `json:"block_size"`
+	IODepth   int    `json:"iodepth"`
+
+	IOPS  float64 `json:"iops"`
+	MiBps float64 `json:"mib_per_s"`
+	// P50Micro and P99Micro are fio's total latency (lat: submission to
+	// completion); ClatP50Micro and ClatP99Micro its completion latency.
+	P50Micro     float64 `json:"lat_p50_us"`
+	P99Micro     float64 `json:"lat_p99_us"`
+	ClatP50Micro float64 `json:"clat_p50_us"`
+	ClatP99Micro float64 `json:"clat_p99_us"`
+	Bytes        uint64  `json:"bytes"`
+	Seconds      float64 `json:"seconds"` // fio's runtime
+	// WindowSeconds is the wall time between the CPU samples (fio's
+	// whole life).
+	WindowSeconds float64 `json:"window_s"`
+
+	// MountCPUSeconds is the mount's (or the null file system's) process
+	// CPU time; NICCPUSeconds the simulated NIC's part of it (NICAccounted
+	// when the mount reports it); HostCPUSeconds the rest.
+	MountCPUSeconds  float64 `json:"mount_cpu_s"`
+	NICCPUSeconds    float64 `json:"nic_cpu_s"`
+	NICAccounted     bool    `json:"nic_accounted"`
+	HostCPUSeconds   float64 `json:"host_cpu_s"`
+	TargetCPUSeconds float64 `json:"target_cpu_s"`
+	FioCPUSeconds    float64 `json:"fio_cpu_s"`
+	HostCPUPerGiB    float64 `json:"host_cpu_ms_per_gib"`
+	NICCPUPerGiB     float64 `json:"nic_cpu_ms_per_gib"`
+	TargetCPUPerGiB  float64 `json:"target_cpu_ms_per_gib"`
+	FioCPUPerGiB     float64 `json:"fio_cpu_ms_per_gib"`
+
+	// Ratios against the same job: offload/software with the same digest
+	// setting (offload modes), and mount/null FUSE (mount modes).
+	VsSoftwareMiBps   *float64 `json:"offload_vs_software_mib_per_s,omitempty"`
+	VsSoftwareHostCPU *float64 `json:"offload_vs_software_host_cpu,omitempty"`
+	VsNullMiBps       *float64 `json:"vs_null_fuse_mib_per_s,omitempty"`
+
+	// Counters are the changes of the mount's counters over the run.
+	Counters map[string]uint64 `json:"counters,omitempty"`
+}
+
+func (r *Result) summary() string {
+	s := fmt.Sprintf("%8.0f IOPS %8.1f MiB/s  p50 %6.0f us  p99 %6.0f us  host %5.0f ms/GiB", r.IOPS, r.MiBps, r.P50Micro, r.P99Micro, r.HostCPUPerGiB)
+	if r.NICAccounted {
+		s += fmt.Sprintf("  NIC %4.0f ms/GiB", r.NICCPUPerGiB)
+	}
+	return s
+}
+
+// Target is one of issue 6's performance targets, as measured.
+type Target struct {
+	ID       string  `json:"id"`
+	What     string  `json:"what"`
+	Measured bool    `json:"measured"`
+	Value    float64 `json:"value,omitempty"`
+	Limit    float64 `json:"limit,omitempty"`
+	AtMost   bool    `json:"at_most,omitempty"` // Value <= Limit meets it (else Value >= Limit)
+	Met      bool    `json:"met"`
+	Detail   string  `json:"detail"`
+}
+
+func (t Target) String() string {
+	if !t.Measured {
+		return fmt.Sprintf("(%s) %s: not measured: %s", t.ID, t.What, t.Detail)
+	}
+	cmp, verdict := ">=", "met"
+	if t.AtMost {
+		cmp = "<="
+	}
+	if !t.Met {
+		if t.AtMost {
+			verdict = fmt.Sprintf("MISSED: %.2fx over", t.Value/t.Limit)
+		} else {
+			verdict = fmt.Sprintf("MISSED: %.0f%% of the target", 100*t.Value/t.Limit)
+		}
+	}
+	return fmt.Sprintf("(%s) %s: %.2f (target %s %.2f) %s; %s", t.ID, t.What, t.Value, cmp, t.Limit, verdict, t.Detail)
+}
+
+// find returns the run of job in mode.
+func (rep *Report) find(job, mode string) *Result {
+	for i := range rep.Runs {
+		if rep.Runs[i].Job == job && rep.Runs[i].Mode == mode {
+			return &rep.Runs[i]
+		}
+	}
+	return nil
+}
+
+func ratio(a, b float64) *float64 {
+	if b == 0 || math.IsNaN(a/b) || math.IsInf(a/b, 0) {
+		return nil
+	}
+	r := a / b
+	return &r
+}
+
+// complete fills in the ratios and the targets.
+func (rep *Report) complete() {
+	for i := range rep.Runs {
+		r := &rep.Runs[i]
+		m, _ := modeByName(r.Mode)
+		if m.Null {
+			continue
+		}
+		if null := rep.find(r.Job, "null"); null != nil {
+			r.VsNullMiBps = ratio(r.MiBps, null.MiBps)
+		}
+		if cp, ok := m.Counterpart(); ok {
+			if sw := rep.find(r.Job, cp); sw != nil {
+				r.VsSoftwareMiBps = ratio(r.MiBps, sw.MiBps)
+				r.VsSoftwareHostCPU = ratio(r.HostCPUPerGiB, sw.HostCPUPerGiB)
+			}
+		}
+	}
+	rep.Targets = rep.targets()
+}
+
+func modeByName(name string) (Mode, bool) {
+	for _, m := range Modes {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return Mode{}, false
+}
+
+// targets measures issue 6's targets (a)-(d) on the runs there are.
+func (rep *Report) targets() []Target {
+	var ts []Target
+	missing := func(id, what string, need ...string) Target {
+		return Target{ID: id, What: what, Detail: "needs the runs " + strings.Join(need, ", ") + " (--jobs, --modes)"}
+	}
+
+	// (a) Host CPU per GiB, 128 KiB reads with data digest, offload/software.
+	whatA := "host CPU per GiB, randread 128K QD16 with data digest, offload/software"
+	off, sw := rep.find("128k-qd16", "offload-ddgst"), rep.find("128k-qd16", "software-ddgst")
+	if off != nil && sw != nil && sw.HostCPUPerGiB > 0 {
+		v := off.HostCPUPerGiB / sw.HostCPUPerGiB
+		ts = append(ts, Target{ID: "a", What: whatA, Measured: true, Value: v, Limit: 0.5, AtMost: true, Met: v <= 0.5,
+			Detail: fmt.Sprintf("host %.0f vs %.0f ms/GiB (NIC %.0f ms/GiB); all of the mount process: %.0f vs %.0f ms/GiB",
+				off.HostCPUPerGiB, sw.HostCPUPerGiB, off.NICCPUPerGiB, off.HostCPUPerGiB+off.NICCPUPerGiB, sw.HostCPUPerGiB)})
+	} else {
+		ts = append(ts, missing("a", whatA, "128k-qd16 in offload-ddgst and software-ddgst"))
+	}
+
+	// (b) needs a skip-copy-and-CRC upper bound the host does not offer.
+	ts = append(ts, Target{ID: "b", What: "offload throughput gain / gain of skipping copy and CRC altogether, at least 0.95",
+		Detail: "the host has no benchmark-only mode that skips the copy and the CRC (the upper bound); only the gain itself is in the table (offload/software MiB/s)"})
+
+	// (c) The default mount (offload, no digest) against the null FUSE
+	// ceiling, as nvmefs mount runs it when measured so.
+	mode := "offload"
+	for _, r := range rep.Runs {
+		if r.Mode == "offload-plain" {
+			mode = r.Mode
+		}
+	}
+	whatC1 := "randread 128K QD16 MiB/s, mount (" + mode + ")/null FUSE"
+	mnt, null := rep.find("128k-qd16", mode), rep.find("128k-qd16", "null")
+	if mnt != nil && null != nil && null.MiBps > 0 {
+		v := mnt.MiBps / null.MiBps
+		ts = append(ts, Target{ID: "c", What: whatC1, Measured: true, Value: v, Limit: 0.5, Met: v >= 0.5,
+			Detail: fmt.Sprintf("%.0f vs %.0f MiB/s", mnt.MiBps, null.MiBps)})
+	} else {
+		ts = append(ts, missing("c", whatC1, "128k-qd16 in "+mode+" and null"))
+	}
+	whatC2 := "randread 4K QD32 IOPS, mount (" + mode + ")/null FUSE"
+	mnt, null = rep.find("4k-qd32", mode), rep.find("4k-qd32", "null")
+	if mnt != nil && null != nil && null.IOPS > 0 {
+		v := mnt.IOPS / null.IOPS
+		ts = append(ts, Target{ID: "c", What: whatC2, Measured: true, Value: v, Limit: 0.35, Met: v >= 0.35,
+			Detail: fmt.Sprintf("%.0f vs %.0f IOPS", mnt.IOPS, null.IOPS)})
+	} else {
+		ts = append(ts, missing("c", whatC2, "4k-qd32 in "+mode+" and null"))
+	}
+
+	// (d) 4K QD1 p50 against the null round trip plus a loopback TCP one.
+	whatD := "randread 4K QD1 p50, mount (" + mode + ")/(null FUSE p50 + loopback TCP RTT p50)"
+	mnt, null = rep.find("4k-qd1", mode), rep.find("4k-qd1", "null")
+	if mnt != nil && null != nil && rep.RTT != nil {
+		floor := null.P50Micro + rep.RTT.P50Micro
+		v := mnt.P50Micro / floor
+		ts = append(ts, Target{ID: "d", What: whatD, Measured: true, Value: v, Limit: 1.5, AtMost: true, Met: v <= 1.5,
+			Detail: fmt.Sprintf("%.0f us vs %.0f + %.0f = %.0f us", mnt.P50Micro, null.P50Micro, rep.RTT.P50Micro, floor)})
+	} else {
+		ts = append(ts, missing("d", whatD, "4k-qd1 in "+mode+" and null"))
+	}
+	return ts
+}
+
+// jobTitle is a job's table title.
+func jobTitle(name string) string {
+	for _, j := range Jobs {
+		if j.Name == name {
+			return j.Title
+		}
+	}
+	return name
+}
+
+func modeTitle(name string) string {
+	if m, ok := modeByName(name); ok {
+		return m.Title
+	}
+	return name
+}
+
+// WriteTable prints the results as one table, then the round trip, the
+// targets and the machine.
+func (rep *Report) WriteTable(w io.Writer) error {
+	var b strings.Builder
+	opt := func(p *float64) string {
+		if p == nil {
+			return ""
+		}
+		return fmt.Sprintf("%.2f", *p)
+	}
+	fmt.Fprintf(&b, "%-18s  %-15s  %8s  %8s  %7s  %7s  %16s  %19s  %8s\n", "", "", "", "", "lat", "lat", "CPU ms per GiB", "offload/software", "mount/")
+	fmt.Fprintf(&b, "%-18s  %-15s  %8s  %8s  %7s  %7s  %7s  %7s  %8s  %9s  %8s\n", "job", "mode", "IOPS", "MiB/s", "p50 us", "p99 us", "host", "NIC", "MiB/s", "host CPU", "null")
+	last := ""
+	for i := range rep.Runs {
+		r := &rep.Runs[i]
+		if last != "" && r.Job != last {
+			b.WriteString("\n")
+		}
+		last = r.Job
+		nic := "-"
+		if r.NICAccounted {
+			nic = fmt.Sprintf("%.0f", r.NICCPUPerGiB)
+		}
+		fmt.Fprintf(&b, "%-18s  %-15s  %8.0f  %8.1f  %7.0f  %7.0f  %7.0f  %7s  %8s  %9s  %8s\n",
+			jobTitle(r.Job), modeTitle(r.Mode), r.IOPS, r.MiBps, r.P50Micro, r.P99Micro, r.HostCPUPerGiB, nic,
+			opt(r.VsSoftwareMiBps), opt(r.VsSoftwareHostCPU), opt(r.VsNullMiBps))
+	}
+	b.WriteString("\n")
+	if rep.RTT != nil {
+		fmt.Fprintf(&b, "loopback TCP round trip between two processes (%d/%d bytes): p50 %.1f us, p99 %.1f us\n", echoAsk, echoAnswer, rep.RTT.P50Micro, rep.RTT.P99Micro)
+	}
+	b.WriteString("issue 6 targets:\n")
+	for _, t := range rep.Targets {
+		fmt.Fprintf(&b, "  %s\n", t)
+	}
+	fmt.Fprintf(&b, "machine: %s; %s, fio %s; %v per job; load average %s before, %s after\n",
+		rep.Machine, rep.Machine.GoVersion, strings.TrimPrefix(rep.FioVersion, "fio-"), time.Duration(rep.RuntimeSeconds*float64(time.Second)), rep.LoadBefore, rep.LoadAfter)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// WriteJSON writes the report to path.
+func (rep *Report) WriteJSON(path string) error {
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
