@@ -1,6 +1,7 @@
 // Package fusefs serves blk Devices as regular files of a FUSE file system
 // (go-fuse's fs API): one file per namespace, of the namespace's size, at
-// the root, and the statistics at .nvmefs/stats.
+// the root, the statistics at .nvmefs/stats, and writable controls of the
+// running mount (Config.Controls) next to them.
 //
 // Contract:
 //   - READ hands go-fuse's reply buffer to blk.Device.ReadAt, which reads

@@ -31,6 +31,9 @@ type Config struct {
 	// Info returns the text of .nvmefs/info (what is mounted from where);
 	// nil: no such file.
 	Info func() string
+	// Controls are writable files of .nvmefs that change the running
+	// mount (see Control).
+	Controls []Control
 	// Cache lets the kernel page cache serve repeated reads (no direct
 	// I/O; cached pages are kept across opens).
 	Cache bool
@@ -106,6 +109,13 @@ func Mount(dir string, cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("fusefs: bad or duplicate file name %q", f.Name)
 		}
 		seen[f.Name] = true
+	}
+	metaNames := map[string]bool{"stats": true, "info": true}
+	for _, c := range cfg.Controls {
+		if c.Name == "" || strings.ContainsAny(c.Name, "/\x00") || metaNames[c.Name] || c.Write == nil {
+			return nil, fmt.Errorf("fusefs: bad or duplicate control %q (or no Write)", c.Name)
+		}
+		metaNames[c.Name] = true
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -189,6 +199,10 @@ func (r *root) OnAdd(ctx context.Context) {
 		info := &textFile{root: r, content: func() []byte { return []byte(r.cfg.Info()) }}
 		meta.AddChild("info", r.NewPersistentInode(ctx, info, fs.StableAttr{Mode: syscall.S_IFREG, Ino: 1<<32 + 2}), false)
 	}
+	for i, c := range r.cfg.Controls {
+		ctl := &controlFile{root: r, ctl: c}
+		meta.AddChild(c.Name, r.NewPersistentInode(ctx, ctl, fs.StableAttr{Mode: syscall.S_IFREG, Ino: 1<<32 + 16 + uint64(i)}), false)
+	}
 }
 
 func (r *root) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
@@ -197,7 +211,8 @@ func (r *root) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) 
 	return 0
 }
 
-// metaDir is .nvmefs, which holds the stats and info files.
+// metaDir is .nvmefs, which holds the stats and info files and the
+// controls.
 type metaDir struct {
 	fs.Inode
 	root *root

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,10 +52,17 @@ namespaces at MOUNTPOINT (an existing directory) through FUSE, one regular file
 per namespace, named like the kernel's block devices: nvme0n1 is namespace 1 of
 the first (here: the only) controller of the mount, nvme0n2 namespace 2, and so
 on. A file's size is its namespace's capacity and never changes. The
-statistics (file system, block layer, host and per queue) are at
-MOUNTPOINT/.nvmefs/stats, one "name: value" per line ('nvmefs stats
+statistics (file system, block layer, host and per queue, NIC, process) are
+at MOUNTPOINT/.nvmefs/stats, one "name: value" per line ('nvmefs stats
 MOUNTPOINT' prints them as a table); MOUNTPOINT/.nvmefs/info says what is
 mounted from where.
+
+With the offload, MOUNTPOINT/.nvmefs/nic changes the simulated NIC at run
+time: 'echo down > .nvmefs/nic' takes it down (its connections fail into the
+host's error recovery and reconnect in software), 'up' brings it back (new
+connections are offloaded); 'loss RATE', 'setup-fail RATE' and
+'teardown-delay DURATION' set the faults of the --nic-* flags. Reading it
+shows the current settings in the same form.
 
 Without --addr, nvmefs starts an embedded NVMe/TCP target on a free port of
 127.0.0.1 with one namespace of --size bytes of memory (lost at exit), says so,
@@ -81,6 +89,7 @@ Needs root and /dev/fuse (no fusermount is used).`,
 			ctrlLossTmo:    host.DefaultCtrlLossTmo,
 			reconnectDelay: host.DefaultReconnectDelay,
 			keepAliveTmo:   host.DefaultKeepAliveTmo,
+			ioTimeout:      host.DefaultIOTimeout,
 			size:           "1G",
 			logLevel:       logLevel{slog.LevelInfo},
 		}
@@ -94,6 +103,7 @@ Needs root and /dev/fuse (no fusermount is used).`,
 		fs.DurationVar(&o.ctrlLossTmo, "ctrl-loss-tmo", o.ctrlLossTmo, "give up reconnecting after `DURATION` (I/O then fails with EIO); negative: never")
 		fs.DurationVar(&o.reconnectDelay, "reconnect-delay", o.reconnectDelay, "pause between reconnect attempts")
 		fs.DurationVar(&o.keepAliveTmo, "keep-alive-tmo", o.keepAliveTmo, "keep-alive timeout (a Keep Alive every half of it); negative: none")
+		fs.DurationVar(&o.ioTimeout, "io-timeout", o.ioTimeout, "a command unanswered for `DURATION` starts error recovery (the kernel's nvme_core.io_timeout)")
 		fs.BoolVar(&o.cache, "cache", false, "let the kernel page cache serve repeated reads (default: direct I/O, every read reaches the target)")
 		fs.BoolVar(&o.force, "force", false, "clear a stale mount left at MOUNTPOINT by a killed nvmefs")
 		fs.StringVar(&o.size, "size", o.size, "embedded target only: namespace `SIZE` (512K, 64M, 1G, ...)")
@@ -117,7 +127,7 @@ type mountOptions struct {
 	nrIOQueues, queueSize       int
 	hdrDigest, dataDigest       bool
 	ctrlLossTmo, reconnectDelay time.Duration
-	keepAliveTmo                time.Duration
+	keepAliveTmo, ioTimeout     time.Duration
 	cache, force                bool
 	size                        string
 	sizeSet                     bool
@@ -167,6 +177,9 @@ func (o *mountOptions) validate(args []string) (mountpoint string, size int64, e
 	}
 	if o.nrIOQueues < 0 || o.queueSize < 2 || o.queueSize > 1024 {
 		return "", 0, usagef("--nr-io-queues must be >= 0 and --queue-size 2..1024")
+	}
+	if o.ioTimeout <= 0 {
+		return "", 0, usagef("--io-timeout %v: want a positive duration", o.ioTimeout)
 	}
 	if err := o.validateNIC(); err != nil {
 		return "", 0, err
@@ -225,6 +238,7 @@ func (o *mountOptions) hostOptions(logger *slog.Logger) host.Options {
 		CtrlLossTmo:    o.ctrlLossTmo,
 		ReconnectDelay: o.reconnectDelay,
 		KeepAliveTmo:   o.keepAliveTmo,
+		IOTimeout:      o.ioTimeout,
 		Logger:         logger,
 	}
 }
@@ -241,6 +255,7 @@ type session struct {
 
 	ctrl    *host.Controller
 	nic     *mlx5sim.Device // nil: no offload
+	nicCtl  *nicControl     // .nvmefs/nic, with the NIC
 	addr    string
 	devices []*blk.Device
 	names   []string // the devices' file names
@@ -306,6 +321,7 @@ func mount(e *env, o *mountOptions, args []string) (err error) {
 	}
 	if s.nic != nil {
 		s.extraCounters = append(s.extraCounters, func() []blk.Counter { return nicCounters(s.nic) })
+		s.nicCtl = newNICControl(s.nic, o, logger)
 	}
 	if err := s.connect(ctx, o); err != nil {
 		if ctx.Err() == context.Canceled {
@@ -585,13 +601,18 @@ func (s *session) mountFiles(cache bool) error {
 		files = append(files, fusefs.File{Name: name, Device: dev})
 		lines = append(lines, fmt.Sprintf("%s (%s, %d-byte blocks)", name, humanBytes(ns.Size()), ns.BlockSize))
 	}
+	var controls []fusefs.Control
+	if s.nicCtl != nil {
+		controls = append(controls, s.nicCtl.control())
+	}
 	srv, err := fusefs.Mount(s.mountpoint, fusefs.Config{
-		Files:  files,
-		Stats:  s.counters,
-		Info:   s.info,
-		Cache:  cache,
-		FsName: "nvmefs:" + info.SubNQN,
-		Logger: s.log,
+		Files:    files,
+		Stats:    s.counters,
+		Info:     s.info,
+		Controls: controls,
+		Cache:    cache,
+		FsName:   "nvmefs:" + info.SubNQN,
+		Logger:   s.log,
 	})
 	if err != nil {
 		return err
@@ -621,7 +642,12 @@ func (s *session) counters() []blk.Counter {
 	for _, f := range s.extraCounters {
 		add("", f())
 	}
-	return cs
+	// The process itself: a leak shows here first.
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return append(cs,
+		blk.Counter{Name: "process_goroutines", Value: uint64(runtime.NumGoroutine())},
+		blk.Counter{Name: "process_heap_inuse_bytes", Value: ms.HeapInuse})
 }
 
 // info is the text of .nvmefs/info.

@@ -37,6 +37,9 @@ ethtool -S) and prints it as an aligned table. Counters:
                     reconnects, received payload copied or read in place,
                     digests checked, latency; nvme0_qQ_* per I/O queue
   buffer_*          the pool of page-aligned bounce buffers
+  rx_nvmeotcp_*, sim_*
+                    the simulated NIC (with the offload)
+  process_*         the mount process: goroutines, heap in use
 
 Exit status: 0 when printed, 1 when MOUNTPOINT is not a live nvmefs mount.`,
 	setup: func(fs *pflag.FlagSet) func(*env, []string) error {
