@@ -2,6 +2,7 @@ package blk
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -114,8 +115,11 @@ func (d *Device) Close() error {
 	return nil
 }
 
+// failed counts err, unless it is the caller's cancellation: an interrupted
+// request (a FUSE INTERRUPT, sent when the reader gets any signal) is not an
+// I/O error of the namespace.
 func (d *Device) failed(err error) error {
-	if err != nil {
+	if err != nil && !errors.Is(err, context.Canceled) {
 		d.st.errors.Add(1)
 	}
 	return err

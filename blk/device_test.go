@@ -340,6 +340,25 @@ func TestBackendErrorsPropagate(t *testing.T) {
 	}
 }
 
+// TestCancelledIsNoError: a request its caller cancels (a FUSE INTERRUPT)
+// returns context.Canceled and is not counted as an I/O error.
+func TestCancelledIsNoError(t *testing.T) {
+	be := newMemBackend(testLimits)
+	be.delay = 10 * time.Second
+	d := newDevice(t, be, Options{})
+	ctx, cancel := context.WithCancel(testCtx(t))
+	time.AfterFunc(20*time.Millisecond, cancel)
+	if _, err := d.ReadAt(ctx, make([]byte, 100<<10), 0); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled read: %v, want context.Canceled", err)
+	}
+	if _, err := d.WriteAt(ctx, []byte("x"), 3); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled read-modify-write: %v, want context.Canceled", err)
+	}
+	if n := counter(d.Counters(), "errors"); n != 0 {
+		t.Errorf("errors = %d after two cancelled requests, want 0", n)
+	}
+}
+
 func TestZeroesAndDeallocate(t *testing.T) {
 	ctx := testCtx(t)
 	be := newMemBackend(testLimits)
