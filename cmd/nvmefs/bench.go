@@ -208,6 +208,7 @@ func benchMountChild(e *env, args []string) error {
 		ctrlLossTmo:    host.DefaultCtrlLossTmo,
 		reconnectDelay: host.DefaultReconnectDelay,
 		keepAliveTmo:   host.DefaultKeepAliveTmo,
+		ioTimeout:      host.DefaultIOTimeout,
 		dataDigest:     mc.Digest,
 		offload:        mc.Offload,
 		nicMTU:         mlx5sim.DefaultMTU,
