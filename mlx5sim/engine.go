@@ -131,32 +131,53 @@ func (e *engine) loop(bp **batch) error {
 		block := len(b.segs) == 0
 		e.t.caps = s.d.caps()
 		pe, gen, moff, want := e.t.plan()
-		if pe == nil {
+		tail := 0
+		switch {
+		case pe == nil:
 			want = min(want, bounceSize)
-		} else {
+		case want <= maxRead-ddp.PageSize:
+			// The read reaches the payload's end: the digest and the
+			// next header (never placed) may come in the same system
+			// call, into the receive buffer.
+			tail = min(e.t.trailer(), len(b.buf)-b.used)
+		default:
 			want = min(want, maxRead)
 		}
-		lost, n := e.packets(want)
+		lost, n := e.packets(want + tail)
 		var got int
 		var err error
 		if pe != nil && !lost {
+			tail = max(n-want, 0) // less if a lost packet comes first
+			n -= tail
 			bufs, ok := s.pieces(pe, gen, moff, n, e.iov[:0])
-			if ok {
-				got, err = e.read(bufs, block, pe, gen)
-			} else {
-				err = errStale
-			}
-			if err == errStale {
+			if !ok {
 				e.t.dropPlace() // torn down: the rest goes unplaced
 				continue
 			}
-			for _, p := range bufs {
+			var tb []byte
+			if tail > 0 && iovLen(bufs) < n {
+				tail = 0 // more pieces than a read takes: the payload goes on
+			}
+			if tail > 0 {
+				tb = b.buf[b.used : b.used+tail]
+				bufs = append(bufs, tb)
+			}
+			got, err = e.read(bufs, block, pe, gen)
+			if err == errStale {
+				e.t.dropPlace()
+				continue
+			}
+			for _, p := range bufs[:len(bufs)-min(tail, 1)] {
 				if got == 0 {
 					break
 				}
 				k := min(got, len(p))
 				e.consume(b, p[:k], true, false)
 				got -= k
+			}
+			if got > 0 {
+				b.used += got
+				e.consume(b, tb[:got], false, false)
 			}
 		} else {
 			room := len(b.buf) - b.used
@@ -391,4 +412,13 @@ func threadCPU() int64 {
 		return 0
 	}
 	return ts.Nano()
+}
+
+// iovLen is the bytes bufs hold.
+func iovLen(b [][]byte) int {
+	n := 0
+	for _, p := range b {
+		n += len(p)
+	}
+	return n
 }

@@ -133,6 +133,10 @@ func (t *tracker) plan() (e *entry, gen uint32, moff int, n int) {
 	return nil, 0, 0, t.l.PLen - t.pos + t.minHdr
 }
 
+// trailer is what follows the current PDU's payload and is never placed:
+// its data digest and the next PDU's minimal header.
+func (t *tracker) trailer() int { return t.l.PLen - t.dataEnd() + t.minHdr }
+
 // dropPlace stops placing the current PDU (its mapping was torn down).
 func (t *tracker) dropPlace() { t.place = nil }
 
