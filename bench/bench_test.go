@@ -41,15 +41,20 @@ func TestSelect(t *testing.T) {
 }
 
 func TestMountChildArgs(t *testing.T) {
-	m := MountChild{Mountpoint: "/tmp/x y", Addr: "127.0.0.1:4420", NQN: NQN, Offload: true, Digest: false}
-	got, err := ParseMountChild(m.Args())
-	if err != nil || got != m {
-		t.Errorf("round trip: %+v, %v; want %+v", got, err, m)
+	for _, m := range []MountChild{
+		{Mountpoint: "/tmp/x y", Addr: "127.0.0.1:4420", NQN: NQN, Offload: true, Digest: false, AccountNIC: true},
+		{Mountpoint: "/m", Addr: "127.0.0.1:1", NQN: NQN, Digest: true, CPUProfile: "/tmp/p.pprof"},
+	} {
+		got, err := ParseMountChild(m.Args())
+		if err != nil || got != m {
+			t.Errorf("round trip: %+v, %v; want %+v", got, err, m)
+		}
 	}
 	for _, args := range [][]string{
-		{"/x", "a", "n", "offload=true"},
-		{"/x", "a", "n", "offload=maybe", "ddgst=false"},
-		{"/x", "a", "n", "ddgst=true", "offload=true"},
+		{"/x", "a", "n", "offload=true", "ddgst=false"},
+		{"/x", "a", "n", "offload=maybe", "ddgst=false", "accountnic=true"},
+		{"/x", "a", "n", "ddgst=true", "offload=true", "accountnic=true"},
+		{"/x", "a", "n", "offload=true", "ddgst=true", "accountnic=true", "cpuprofile="},
 	} {
 		if _, err := ParseMountChild(args); err == nil {
 			t.Errorf("ParseMountChild(%q) accepted", args)
@@ -106,19 +111,29 @@ func TestParseFio(t *testing.T) {
 }
 
 func TestProcCPU(t *testing.T) {
+	rusage := func() time.Duration {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			t.Fatal(err)
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
 	before, err := procCPU(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Burn at least 50 ms of CPU (five clock ticks).
-	for end := time.Now().Add(60 * time.Millisecond); time.Now().Before(end); {
+	// Burn 100 ms of CPU, as getrusage counts it (however loaded the
+	// machine), and compare.
+	ru0 := rusage()
+	for rusage()-ru0 < 100*time.Millisecond {
 	}
+	spent := rusage() - ru0
 	after, err := procCPU(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := after - before; d < 30*time.Millisecond || d > 10*time.Second {
-		t.Errorf("60 ms of spinning counted as %v of CPU", d)
+	if d := after - before; d < spent-40*time.Millisecond || d > spent+40*time.Millisecond {
+		t.Errorf("/proc/self/stat counted %v of CPU, getrusage %v", d, spent)
 	}
 	if _, err := procCPU(1 << 30); err == nil {
 		t.Error("CPU time of a process that does not exist")

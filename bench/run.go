@@ -52,6 +52,10 @@ type Config struct {
 	RTTSamples int
 	// Command is the command line, recorded with the results.
 	Command []string
+	// CPUProfileDir, if set, gets each mount's CPU profile over its whole
+	// life (mount-MODE.pprof); every mount is then a child of the
+	// benchmark, the mount's own code with a profiler.
+	CPUProfileDir string
 }
 
 // Estimate is about how long a run with cfg takes.
@@ -66,7 +70,7 @@ func (cfg *Config) Estimate() time.Duration {
 const (
 	// ChildFlag selects a child role of `nvmefs bench`.
 	ChildFlag  = "child"
-	ChildMount = "mount" // MOUNTPOINT ADDR NQN offload=BOOL ddgst=BOOL: nvmefs mount with the NIC's CPU accounted
+	ChildMount = "mount" // MountChild.Args: nvmefs mount with the NIC's CPU accounted or a profiler
 	ChildNull  = "null"  // MOUNTPOINT SIZE
 	ChildEcho  = "echo"  // (no arguments)
 
@@ -86,23 +90,41 @@ var (
 type MountChild struct {
 	Mountpoint, Addr, NQN string
 	Offload, Digest       bool
+	// AccountNIC puts the NIC's engines on locked threads whose CPU
+	// time the stats file reports.
+	AccountNIC bool
+	// CPUProfile, if set, is where the child writes its CPU profile at
+	// exit.
+	CPUProfile string
 }
 
 // Args are the arguments after `nvmefs bench --child mount`.
 func (m MountChild) Args() []string {
-	return []string{m.Mountpoint, m.Addr, m.NQN, "offload=" + strconv.FormatBool(m.Offload), "ddgst=" + strconv.FormatBool(m.Digest)}
+	args := []string{m.Mountpoint, m.Addr, m.NQN, "offload=" + strconv.FormatBool(m.Offload), "ddgst=" + strconv.FormatBool(m.Digest),
+		"accountnic=" + strconv.FormatBool(m.AccountNIC)}
+	if m.CPUProfile != "" {
+		args = append(args, "cpuprofile="+m.CPUProfile)
+	}
+	return args
 }
 
 // ParseMountChild reads the arguments Args wrote.
 func ParseMountChild(args []string) (MountChild, error) {
-	if len(args) != 5 {
-		return MountChild{}, fmt.Errorf("mount child: want MOUNTPOINT ADDR NQN offload=BOOL ddgst=BOOL, got %q", args)
+	if len(args) != 6 && len(args) != 7 {
+		return MountChild{}, fmt.Errorf("mount child: want MOUNTPOINT ADDR NQN offload=BOOL ddgst=BOOL accountnic=BOOL [cpuprofile=PATH], got %q", args)
 	}
 	m := MountChild{Mountpoint: args[0], Addr: args[1], NQN: args[2]}
-	var err1, err2 error
+	var err1, err2, err3, err4 error
 	m.Offload, err1 = parseKeyBool(args[3], "offload")
 	m.Digest, err2 = parseKeyBool(args[4], "ddgst")
-	return m, errors.Join(err1, err2)
+	m.AccountNIC, err3 = parseKeyBool(args[5], "accountnic")
+	if len(args) == 7 {
+		var ok bool
+		if m.CPUProfile, ok = strings.CutPrefix(args[6], "cpuprofile="); !ok || m.CPUProfile == "" {
+			err4 = fmt.Errorf("want cpuprofile=PATH, got %q", args[6])
+		}
+	}
+	return m, errors.Join(err1, err2, err3, err4)
 }
 
 func parseKeyBool(s, key string) (bool, error) {
@@ -110,7 +132,11 @@ func parseKeyBool(s, key string) (bool, error) {
 	if !ok {
 		return false, fmt.Errorf("want %s=BOOL, got %q", key, s)
 	}
-	return strconv.ParseBool(v)
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("%s=%q: want true or false", key, v)
+	}
+	return b, nil
 }
 
 // Run runs every job in every mode and returns the results. It cleans up
@@ -277,8 +303,11 @@ func (r *runner) startAll(ctx context.Context) error {
 		if m.Null {
 			args = []string{"bench", "--" + ChildFlag + "=" + ChildNull, dir, strconv.FormatInt(r.cfg.Size, 10)}
 			file = filepath.Join(dir, NullFile)
-		} else if m.AccountNIC {
-			mc := MountChild{Mountpoint: dir, Addr: r.addr, NQN: NQN, Offload: m.Offload, Digest: m.Digest}
+		} else if m.AccountNIC || r.cfg.CPUProfileDir != "" {
+			mc := MountChild{Mountpoint: dir, Addr: r.addr, NQN: NQN, Offload: m.Offload, Digest: m.Digest, AccountNIC: m.AccountNIC}
+			if r.cfg.CPUProfileDir != "" {
+				mc.CPUProfile = filepath.Join(r.cfg.CPUProfileDir, "mount-"+m.Name+".pprof")
+			}
 			args = append([]string{"bench", "--" + ChildFlag + "=" + ChildMount}, mc.Args()...)
 		} else {
 			args = []string{"mount", dir, "--addr", r.addr, "--nqn", NQN, "--offload=" + strconv.FormatBool(m.Offload)}

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"syscall"
 	"time"
@@ -57,6 +58,7 @@ The whole run takes about (jobs x modes) x (--runtime + 0.5 s) + 10 s.`,
 		fs.StringVar(&o.size, "size", o.size, "namespace `SIZE` (and the null file's)")
 		fs.StringVar(&o.out, "out", "", "`DIR` for results.json, table.txt and bench.png (default: a new directory in $TMPDIR)")
 		fs.StringVar(&o.fio, "fio", "", "fio binary `PATH` (default: fio from $PATH, installed with apt-get when missing)")
+		fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write each mount's CPU profile over the run to `DIR`/mount-MODE.pprof (for go tool pprof; one job at a time gives one profile per job)")
 		fs.StringVar(&o.child, bench.ChildFlag, "", "internal: run as one of the benchmark's child processes")
 		fs.MarkHidden(bench.ChildFlag)
 		return func(e *env, args []string) error {
@@ -79,6 +81,7 @@ type benchOptions struct {
 	runtime           time.Duration
 	jobs, modes, size string
 	out, fio, child   string
+	cpuprofile        string
 }
 
 func runBench(e *env, o *benchOptions, args []string) error {
@@ -123,11 +126,20 @@ func runBench(e *env, o *benchOptions, args []string) error {
 	if err != nil {
 		return err
 	}
+	if o.cpuprofile != "" {
+		if o.cpuprofile, err = filepath.Abs(o.cpuprofile); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(o.cpuprofile, 0o755); err != nil {
+			return err
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	rep, err := bench.Run(ctx, bench.Config{
 		Exe: exe, Fio: fio, Runtime: o.runtime, Size: size, Jobs: jobs, Modes: modes,
 		Dir: work, Progress: e.stderr, Command: append([]string{"nvmefs"}, os.Args[1:]...),
+		CPUProfileDir: o.cpuprofile,
 	})
 	if err != nil {
 		return fmt.Errorf("%w (the children's logs are in %s)", err, work)
@@ -195,12 +207,27 @@ func findFio(e *env, path string) (string, error) {
 
 // benchMountChild is a mount of the benchmark: what `nvmefs mount
 // MOUNTPOINT --addr ADDR --nqn NQN [--offload=false] [--data-digest]` does,
-// with the NIC's receive engines on locked OS threads whose CPU time the
-// stats file reports (sim_engine_cpu_ns), which mount's flags do not offer.
+// with what mount's flags do not offer: the NIC's receive engines on locked
+// OS threads whose CPU time the stats file reports (sim_engine_cpu_ns), and
+// a CPU profile.
 func benchMountChild(e *env, args []string) error {
 	mc, err := bench.ParseMountChild(args)
 	if err != nil {
 		return usagef("%v", err)
+	}
+	if mc.CPUProfile != "" {
+		f, err := os.Create(mc.CPUProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return err
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
 	}
 	o := &mountOptions{
 		addr: mc.Addr, nqn: mc.NQN,
@@ -231,7 +258,7 @@ func benchMountChild(e *env, args []string) error {
 	s := &session{e: e, log: logger, mountpoint: mp, addr: o.addr}
 	defer s.stop()
 	if o.offload {
-		s.nic, err = mlx5sim.New(mlx5sim.Config{Name: "mlx5sim0", MTU: o.nicMTU, Seed: o.nicSeed, AccountCPU: true})
+		s.nic, err = mlx5sim.New(mlx5sim.Config{Name: "mlx5sim0", MTU: o.nicMTU, Seed: o.nicSeed, AccountCPU: mc.AccountNIC})
 		if err != nil {
 			return err
 		}

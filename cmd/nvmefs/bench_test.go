@@ -151,6 +151,7 @@ func TestBenchUsageErrors(t *testing.T) {
 		{[]string{"bench", "extra"}, "no arguments expected"},
 		{[]string{"bench", "--child", "nonsense"}, `unknown --child "nonsense"`},
 		{[]string{"bench", "--child", "mount", "/x"}, "mount child: want"},
+		{[]string{"bench", "--child", "mount", "/x", "a", "n", "offload=1", "ddgst=0", "accountnic=x"}, "accountnic"},
 	} {
 		var so, se bytes.Buffer
 		if code := run(c.args, &env{stdout: &so, stderr: &se}); code != 2 || !strings.Contains(se.String(), c.want) {
