@@ -89,6 +89,9 @@ func TestSessionDigests(t *testing.T) {
 			if h.offloaded+h.software != h.dataPDUs {
 				t.Errorf("%d offloaded + %d software digests, %d data PDUs", h.offloaded, h.software, h.dataPDUs)
 			}
+			if s.placed != s.mappedBytes {
+				t.Errorf("placed %d of %d mapped bytes", s.placed, s.mappedBytes)
+			}
 			if bad := stat(s.dev, "sim_crc_bad"); bad != uint64(s.corrupted) {
 				t.Errorf("sim_crc_bad %d, corrupted %d", bad, s.corrupted)
 			}
