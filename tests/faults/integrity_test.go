@@ -25,7 +25,7 @@ type rig struct {
 
 	// idle is what the processes hold with the mount connected and no I/O.
 	idleMountFDs, idleMountSockets, idleServeFDs int
-	idleGoroutines                                uint64
+	idleGoroutines                               uint64
 
 	// logMark is a count of target log lines taken when a fault started.
 	logMark int
