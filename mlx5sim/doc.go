@@ -59,11 +59,15 @@
 // only in a non-blocking system call made after checking it, so a
 // Teardown never waits for the peer (on a connection without a file
 // descriptor, such as net.Pipe, it waits for the read in progress).
-// TeardownDone follows from the socket's completion goroutine after
-// TeardownDelay. After
-// TeardownDone the device never writes into that buffer again and the tag
-// may be set up anew. Close (sk_del) stops the engine, tears down every
-// mapping and returns after every TeardownDone has been called.
+// TeardownDone follows, from the socket's completion goroutine, after
+// TeardownDelay; from then on the device never writes into that buffer
+// and the tag may be set up anew. Teardown of an I/O that is not mapped
+// is ignored. Close (sk_del) stops the engine, tears down every mapping
+// still set up and returns once every TeardownDone has been called; ULP
+// callbacks must therefore not call Close.
+//
+// Recv is for one goroutine. The engine runs ahead of it by at most four
+// batches of segments, whose unplaced bytes share 64 KiB buffers.
 //
 // # Faults
 //
@@ -97,6 +101,8 @@
 // the socket (with readv, several pages at a time, in stream order) rather
 // than a DMA engine fed by the wire, so it works after TCP, never sees a
 // real loss or reordering, and needs injected faults to lose track; the
-// tag table is a Go slice, not mkeys in NIC memory; and it verifies the
-// header digests it parses, which hardware may leave to the host.
+// tag table is a Go slice, not mkeys in NIC memory; it verifies the
+// header digests it parses, which hardware may leave to the host; and it
+// writes each mapped byte at most once, where mlx5 trusts the target to
+// send a command's data in order.
 package mlx5sim
