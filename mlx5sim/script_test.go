@@ -591,9 +591,12 @@ func TestScriptFalseCandidate(t *testing.T) {
 		}
 	}
 	sc.end()
+	// Usually the stream refutes the fake candidate at once; if a read
+	// ends between it and the bytes that refute it, the host (which
+	// passes it inside a payload) may answer first.
 	fails, ok := stat(sc.dev, "sim_resync_fail"), stat(sc.dev, "sim_resync_ok")
-	if fails < 1 || ok != 1 || sc.host.resyncNo != 0 {
-		t.Errorf("%d candidates refuted (the host refuted %d), %d confirmed; want >= 1 refuted by the stream, 1 confirmed", fails, sc.host.resyncNo, ok)
+	if fails < 1 || ok != 1 {
+		t.Errorf("%d candidates refuted (the host refuted %d), %d confirmed; want >= 1 refuted, 1 confirmed", fails, sc.host.resyncNo, ok)
 	}
 	placed := 0
 	for _, c := range later {
