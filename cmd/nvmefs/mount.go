@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"sync"
@@ -642,12 +643,17 @@ func (s *session) counters() []blk.Counter {
 	for _, f := range s.extraCounters {
 		add("", f())
 	}
-	// The process itself: a leak shows here first.
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
+	// The process itself: a leak shows here first. The live heap is what
+	// the last GC found reachable, steadier than what is in use now.
+	live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(live)
+	var liveBytes uint64
+	if live[0].Value.Kind() == metrics.KindUint64 {
+		liveBytes = live[0].Value.Uint64()
+	}
 	return append(cs,
 		blk.Counter{Name: "process_goroutines", Value: uint64(runtime.NumGoroutine())},
-		blk.Counter{Name: "process_heap_inuse_bytes", Value: ms.HeapInuse})
+		blk.Counter{Name: "process_heap_live_bytes", Value: liveBytes})
 }
 
 // info is the text of .nvmefs/info.

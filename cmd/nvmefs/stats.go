@@ -39,7 +39,7 @@ ethtool -S) and prints it as an aligned table. Counters:
   buffer_*          the pool of page-aligned bounce buffers
   rx_nvmeotcp_*, sim_*
                     the simulated NIC (with the offload)
-  process_*         the mount process: goroutines, heap in use
+  process_*         the mount process: goroutines, live heap (at the last GC)
 
 Exit status: 0 when printed, 1 when MOUNTPOINT is not a live nvmefs mount.`,
 	setup: func(fs *pflag.FlagSet) func(*env, []string) error {

@@ -205,11 +205,12 @@ func (r *rig) run(k int, p phase) {
 	r.load.Reads.Add(st.Reads.Load())
 	r.load.BytesWritten.Add(st.BytesWritten.Load())
 	r.load.BytesRead.Add(st.BytesRead.Load())
-	t.Logf("%s: %d faults; %d writes (%d MiB), %d reads (%d MiB), %d MiB verified; recoveries %d, retries %d, digest errors %d, resyncs %d, NIC setups %d (%d refused)",
+	t.Logf("%s: %d faults; %d writes (%d MiB), %d reads (%d MiB), %d MiB verified; recoveries %d, retries %d, digest errors %d, resyncs %d, NIC setups %d (%d refused); mount live heap %d MiB, RSS %d MiB",
 		p.name, injected, st.Writes.Load(), st.BytesWritten.Load()>>20, st.Reads.Load(), st.BytesRead.Load()>>20,
 		(verified+st.BytesVerified.Load())>>20,
 		delta(before, after, "nvme0_recoveries"), delta(before, after, "nvme0_retries"), delta(before, after, "nvme0_digest_errors"),
-		delta(before, after, "rx_nvmeotcp_resync"), delta(before, after, "rx_nvmeotcp_ddp_setup"), delta(before, after, "rx_nvmeotcp_ddp_setup_fail"))
+		delta(before, after, "rx_nvmeotcp_resync"), delta(before, after, "rx_nvmeotcp_ddp_setup"), delta(before, after, "rx_nvmeotcp_ddp_setup_fail"),
+		after["process_heap_live_bytes"]>>20, r.m.rssKiB()>>10)
 }
 
 func delta(before, after map[string]uint64, name string) uint64 { return after[name] - before[name] }

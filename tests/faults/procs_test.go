@@ -31,14 +31,15 @@ const (
 	serveStopTimeout  = 15 * time.Second
 	mountReadyTimeout = 20 * time.Second
 	mountStopTimeout  = 20 * time.Second
-	// watchdog bounds the life of every process a test starts: after it
-	// the process is killed (and the mount detached), so that no reader of
-	// a hung mount can hang the test binary.
-	watchdog = 5 * time.Minute
 	// settle bounds the wait for counters and descriptors to come back to
 	// idle after a scenario.
 	settle = 15 * time.Second
 )
+
+// watchdog bounds the life of every process a test starts: after it the
+// process is killed (and the mount detached), so that no reader of a hung
+// mount can hang the test binary. The soak's processes live longer.
+var watchdog = 5*time.Minute + soakLength()
 
 var binDir string
 
@@ -310,7 +311,11 @@ func (s *server) Stop(t testing.TB) {
 		return
 	}
 	defer p.guard.Stop()
+	start := time.Now()
 	inTime, err := p.stop(syscall.SIGTERM, serveStopTimeout)
+	if d := time.Since(start); d > 2*time.Second {
+		t.Logf("nvmefs serve took %v to stop", d.Round(time.Millisecond))
+	}
 	if !inTime {
 		t.Errorf("nvmefs serve (pid %d) did not stop within %v of SIGTERM; killed; log:\n%s", p.pid(), serveStopTimeout, s.Log())
 	} else if err != nil {
@@ -401,7 +406,11 @@ func (m *mount) Stop(t testing.TB) {
 	t.Helper()
 	m.stopOnce.Do(func() {
 		defer m.guard.Stop()
+		start := time.Now()
 		inTime, err := m.stop(syscall.SIGTERM, mountStopTimeout)
+		if d := time.Since(start); d > 2*time.Second {
+			t.Logf("nvmefs mount took %v to stop", d.Round(time.Millisecond))
+		}
 		if !inTime {
 			t.Errorf("nvmefs mount (pid %d) did not stop within %v of SIGTERM; killed:\n%s", m.pid(), mountStopTimeout, m.Log())
 		} else if err != nil {

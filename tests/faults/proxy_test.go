@@ -199,8 +199,11 @@ func (p *faultProxy) accept() {
 	}
 }
 
-// relay copies PDUs from src to dst; dir 0 is host to target.
+// relay copies PDUs from src to dst; dir 0 is host to target. When src
+// ends, it returns only once the proxy forwards: a frozen proxy holds the
+// end of a connection (its FIN or reset) as it holds its bytes.
 func (p *faultProxy) relay(src, dst net.Conn, dir int) {
+	defer p.pass()
 	buf := make([]byte, 64<<10)
 	for {
 		if _, err := io.ReadFull(src, buf[:wire.CommonHeaderLen]); err != nil {
