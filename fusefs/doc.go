@@ -23,7 +23,10 @@
 //     EOPNOTSUPP when the controller lacks the command or for other modes).
 //     Shared writable mmap fails (ENODEV) with direct I/O; with Cache it
 //     works through the page cache.
-//   - Errors: an interrupted request is EINTR, an invalid range EINVAL, and
+//   - Signals: as on a block device, a signal to the caller does not end its
+//     I/O (the kernel's FUSE INTERRUPT is answered by finishing the request);
+//     only a dying caller (fatal signal pending) gets EINTR.
+//   - Errors: an invalid range is EINVAL, and
 //     every failure of the transport or the controller (a lost controller,
 //     an NVMe status) EIO, logged.
 package fusefs

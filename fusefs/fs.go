@@ -152,6 +152,7 @@ type stats struct {
 	writes, writeBytes                  atomic.Uint64
 	fsyncs, fallocates, errors          atomic.Uint64
 	interrupted                         atomic.Uint64
+	restarted                           atomic.Uint64
 }
 
 func (s *stats) counters() []blk.Counter {
@@ -165,6 +166,7 @@ func (s *stats) counters() []blk.Counter {
 		{Name: "fuse_fallocates", Value: s.fallocates.Load()},
 		{Name: "fuse_errors", Value: s.errors.Load()},
 		{Name: "fuse_interrupted", Value: s.interrupted.Load()},
+		{Name: "fuse_restarted", Value: s.restarted.Load()},
 	}
 }
 

@@ -81,7 +81,11 @@ func (n *nsFile) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int
 	if len(dest) > 0 && uintptr(unsafe.Pointer(unsafe.SliceData(dest)))%blk.PageSize != 0 {
 		st.readDestUnaligned.Add(1)
 	}
-	got, err := n.dev.ReadAt(ctx, dest, off)
+	var got int
+	err := n.root.uninterrupted(ctx, func(ctx context.Context) (err error) {
+		got, err = n.dev.ReadAt(ctx, dest, off)
+		return err
+	})
 	if err != nil {
 		return nil, n.root.errno("read", n.name, err)
 	}
@@ -92,7 +96,11 @@ func (n *nsFile) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int
 func (n *nsFile) Write(ctx context.Context, f fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
 	st := &n.root.st
 	st.writes.Add(1)
-	got, err := n.dev.WriteAt(ctx, data, off)
+	var got int
+	err := n.root.uninterrupted(ctx, func(ctx context.Context) (err error) {
+		got, err = n.dev.WriteAt(ctx, data, off)
+		return err
+	})
 	if err != nil {
 		return 0, n.root.errno("write", n.name, err)
 	}
@@ -103,7 +111,7 @@ func (n *nsFile) Write(ctx context.Context, f fs.FileHandle, data []byte, off in
 // Fsync is an NVMe Flush: the controller commits its volatile write cache.
 func (n *nsFile) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) syscall.Errno {
 	n.root.st.fsyncs.Add(1)
-	if err := n.dev.Flush(ctx); err != nil {
+	if err := n.root.uninterrupted(ctx, n.dev.Flush); err != nil {
 		return n.root.errno("fsync", n.name, err)
 	}
 	return 0
@@ -127,9 +135,13 @@ func (n *nsFile) Allocate(ctx context.Context, f fs.FileHandle, off, size uint64
 	var err error
 	switch mode {
 	case fallocPunchHole | fallocKeepSize:
-		err = n.dev.Deallocate(ctx, int64(off), int64(size))
+		err = n.root.uninterrupted(ctx, func(ctx context.Context) error {
+			return n.dev.Deallocate(ctx, int64(off), int64(size))
+		})
 	case fallocZeroRange, fallocZeroRange | fallocKeepSize:
-		err = n.dev.WriteZeroes(ctx, int64(off), int64(size))
+		err = n.root.uninterrupted(ctx, func(ctx context.Context) error {
+			return n.dev.WriteZeroes(ctx, int64(off), int64(size))
+		})
 	default:
 		return syscall.EOPNOTSUPP
 	}
