@@ -65,10 +65,12 @@ type Device interface {
 	// SetCapabilities switches offloads on or off for new and existing
 	// connections. With none on, SkAdd fails and ULPs run in software.
 	SetCapabilities(enabled Capability) error
-	// SkAdd offloads conn (sk_add). From then on the device owns the
-	// receive side of conn: the ULP reads the stream only through the
-	// returned Socket's Recv. An error leaves conn untouched and the ULP
-	// works without offload.
+	// SkAdd offloads conn (sk_add). The ULP calls it at a PDU boundary
+	// having read nothing beyond it: the device starts in sync there. From
+	// then on the device owns the receive side of conn (reads and read
+	// deadlines; the ULP sets only write deadlines): the ULP reads the
+	// stream only through the returned Socket's Recv. An error leaves conn
+	// untouched and the ULP works without offload.
 	SkAdd(conn net.Conn, cfg Config, ulp ULP) (Socket, error)
 	// Stats returns the device's counters, named after the driver's.
 	Stats() []Stat
@@ -76,9 +78,10 @@ type Device interface {
 
 // Socket is one offloaded connection.
 type Socket interface {
-	// Recv returns the next segment of the received stream, in order. The
-	// segment's bytes stay valid until the next call to Recv. An error ends
-	// the stream (connection closed, device down).
+	// Recv returns the next segment of the received stream, in order, to
+	// one goroutine. Unplaced bytes stay valid until the next call to
+	// Recv; placed bytes do not change until their mapping is torn down.
+	// An error ends the stream (connection closed, device down).
 	Recv() (Segment, error)
 	// Setup maps io's buffer for the tag io.Tag before the ULP sends the
 	// request whose response will carry the data. An error (no free
@@ -86,13 +89,15 @@ type Socket interface {
 	Setup(io *IO) error
 	// Teardown unmaps io. It returns at once; the device calls
 	// ULP.TeardownDone(io) when its mapping is gone and will never touch
-	// io's buffer again.
+	// io's buffer again. Teardown of an io that is not mapped does nothing
+	// (no TeardownDone).
 	Teardown(io *IO)
 	// Resync answers a ResyncRequest for seq: ok when a PDU header starts
 	// exactly at seq in the ULP's own parse of the stream.
 	Resync(seq Seq, ok bool)
 	// Close ends the offload (sk_del). Mappings still set up are torn
-	// down (their TeardownDone is called); Recv returns an error after.
+	// down, and their TeardownDone is called before Close returns (so a
+	// TeardownDone must not call Close); Recv returns an error after.
 	Close() error
 }
 
@@ -100,8 +105,10 @@ type Socket interface {
 // goroutines and must not block.
 type ULP interface {
 	// ResyncRequest: the device lost track of PDU boundaries and found
-	// what may be a PDU header at seq. The ULP answers with Socket.Resync
-	// when its own parser reaches seq (or has passed it).
+	// what may be a PDU header at seq. The device asks before the ULP can
+	// have received the byte at seq, and only the latest request is live.
+	// The ULP answers with Socket.Resync when its own parser reaches seq:
+	// yes if a PDU header starts exactly there, no once it has passed it.
 	ResyncRequest(seq Seq)
 	// TeardownDone: the mapping of io is gone (ddp_teardown_done).
 	TeardownDone(io *IO)
@@ -129,8 +136,12 @@ type Segment struct {
 	Seq Seq
 	// Placed: the bytes were written into a mapped buffer by the device.
 	Placed bool
-	// CRCOK: the device verified every CRC field covering this segment's
-	// bytes and found no problem. False says nothing: the ULP checks.
+	// CRCOK: the device was in step with the PDU stream for every byte of
+	// the segment, and every CRC field ending in it verified (a segment
+	// holding the last byte of a data digest is CRCOK only if that digest
+	// matched). So a ULP must account every segment carrying any byte of a
+	// PDU, its data digest included (CRCTracker.Add), before it skips its
+	// own check. False says nothing: the ULP checks.
 	CRCOK bool
 }
 

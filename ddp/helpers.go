@@ -25,7 +25,8 @@ type CRCTracker struct {
 // Reset starts a new PDU.
 func (t *CRCTracker) Reset() { *t = CRCTracker{allOK: true} }
 
-// Add accounts one segment (or part of one) carrying the PDU's bytes.
+// Add accounts one segment (or part of one) carrying the PDU's bytes: every
+// one, up to and including the one holding the last byte of its data digest.
 func (t *CRCTracker) Add(s Segment) {
 	t.segments++
 	t.allOK = t.allOK && s.CRCOK
