@@ -90,7 +90,7 @@ func TestSG(t *testing.T) {
 	backing := make([]byte, 5*PageSize)
 	base := uintptr(unsafe.Pointer(&backing[0]))
 	off := int((PageSize - base%PageSize) % PageSize) // first page boundary
-	buf := backing[off+100 : off+100+2*PageSize]       // starts 100 bytes into a page
+	buf := backing[off+100 : off+100+2*PageSize]      // starts 100 bytes into a page
 	sg := SG(buf, nil)
 	if len(sg) != 3 {
 		t.Fatalf("%d pieces, want 3", len(sg))
