@@ -192,8 +192,8 @@ func checkEIO(t testing.TB, ends []probeEnd, lo, hi time.Time, ref time.Time) {
 	}
 }
 
-// checkNewIOFails: once the controller is lost, a new read and a new
-// write fail with EIO at once.
+// checkNewIOFails: once the controller is lost, a new read, write or
+// fsync fails with EIO at once.
 func checkNewIOFails(t testing.TB, file string) {
 	t.Helper()
 	for _, c := range []struct {
@@ -209,6 +209,7 @@ func checkNewIOFails(t testing.TB, file string) {
 		}},
 		{"new read", os.O_RDONLY, func(f *os.File) error { _, err := f.ReadAt(make([]byte, 100), 7); return err }},
 		{"new write", os.O_WRONLY, func(f *os.File) error { _, err := f.WriteAt(make([]byte, 100), 7); return err }},
+		{"fsync", os.O_WRONLY, func(f *os.File) error { return f.Sync() }},
 	} {
 		f, err := os.OpenFile(file, c.flag, 0)
 		if err != nil {
@@ -311,6 +312,43 @@ func TestTargetGoneFailsIOBounded(t *testing.T) {
 	start := time.Now()
 	m.Stop(t)
 	t.Logf("stopped (SIGTERM) in %v", time.Since(start).Round(time.Millisecond))
+}
+
+// TestStopDuringRecovery: the target is killed under reads and writes and
+// the mount is stopped (SIGTERM) while the host still tries to reconnect
+// (--ctrl-loss-tmo 60s): the mount detaches, gives the open files the
+// documented 10 s, closes the controller under the I/O still waiting, and
+// exits 0 within mountStopTimeout; every reader and writer returns an
+// error (none hangs, none succeeds).
+func TestStopDuringRecovery(t *testing.T) {
+	needFUSE(t)
+	backing := smallNamespace(t)
+	srv := startServer(t, backing)
+	m := startMount(t, srv.Addr, "--nr-io-queues", "2", "--queue-size", "32",
+		"--ctrl-loss-tmo", "60s", "--reconnect-delay", "500ms")
+	p := startProbes(t, m.File(), 4<<20)
+	t.Cleanup(func() { m.Kill(t); p.wg.Wait() })
+	waitBusy(t, m)
+
+	srv.Kill()
+	cut := time.Now()
+	p.setCut(cut.Add(100 * time.Millisecond))
+	time.Sleep(time.Second)
+	m.Stop(t) // fails the test unless it exits 0 within mountStopTimeout
+	t.Logf("stopped (SIGTERM) %v after the kill", time.Since(cut).Round(time.Millisecond))
+	ends := p.wait(time.Now().Add(5 * time.Second))
+	if len(ends) != probeCount {
+		t.Errorf("%d of %d readers and writers returned after the mount stopped", len(ends), probeCount)
+	}
+	for _, e := range ends {
+		if e.err == nil {
+			t.Errorf("%s: ended without an error", e.who)
+		}
+		t.Logf("%s: %v %v after the kill", e.who, e.err, e.at.Sub(cut).Round(10*time.Millisecond))
+	}
+	for _, e := range p.okLate {
+		t.Error(e)
+	}
 }
 
 // TestUnresponsiveTarget: the proxy in front of the target freezes: it

@@ -313,7 +313,8 @@ func integrityPhases() []phase {
 				// The host checks every C2H digest: each corrupted PDU is
 				// one digest error (found by the NIC or in software).
 				if n := delta(b, a, "nvme0_digest_errors"); n != c2h {
-					r.t.Errorf("payload corruption: the host saw %d digest errors, the proxy corrupted %d C2HData PDUs", n, c2h)
+					r.t.Errorf("payload corruption: the host saw %d digest errors, the proxy corrupted %d C2HData PDUs (FUSE requests interrupted %d, restarted %d)",
+						n, c2h, delta(b, a, "fuse_interrupted"), delta(b, a, "fuse_restarted"))
 				}
 				// The target checks every H2C digest and fails the command
 				// (which the host issues again).
