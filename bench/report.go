@@ -69,6 +69,10 @@ type Result struct {
 	VsSoftwareHostCPU *float64 `json:"offload_vs_software_host_cpu,omitempty"`
 	VsNullMiBps       *float64 `json:"vs_null_fuse_mib_per_s,omitempty"`
 
+	// Load1 is the 1-minute load average at the end of the run: other
+	// work on the machine shows here.
+	Load1 float64 `json:"load_1m_after"`
+
 	// Counters are the changes of the mount's counters over the run.
 	Counters map[string]uint64 `json:"counters,omitempty"`
 }
@@ -78,7 +82,7 @@ func (r *Result) summary() string {
 	if r.NICAccounted {
 		s += fmt.Sprintf("  NIC %4.0f ms/GiB", r.NICCPUPerGiB)
 	}
-	return s
+	return s + fmt.Sprintf("  (load %.2f)", r.Load1)
 }
 
 // Target is one of issue 6's performance targets, as measured.

@@ -389,6 +389,9 @@ func (r *runner) measure(ctx context.Context, j Job, m Mode) (Result, error) {
 		Seconds:       res.Runtime.Seconds(),
 		WindowSeconds: window.Seconds(),
 	}
+	if f := strings.Fields(loadAvg()); len(f) > 0 {
+		run.Load1, _ = strconv.ParseFloat(f[0], 64)
+	}
 	mountCPU := after.mountCPU - before.mountCPU
 	run.MountCPUSeconds = mountCPU.Seconds()
 	run.TargetCPUSeconds = (after.targetCPU - before.targetCPU).Seconds()
