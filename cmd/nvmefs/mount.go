@@ -272,6 +272,10 @@ type session struct {
 	// extraCounters are more statistics for the stats file (the NIC's,
 	// once the host is given one).
 	extraCounters []func() []blk.Counter
+
+	// abandoned: the stop gave up waiting for open files (time out or a
+	// second signal); their I/O is not waited for again.
+	abandoned bool
 }
 
 func mount(e *env, o *mountOptions, args []string) (err error) {
@@ -717,11 +721,16 @@ func (s *session) unmount(unmounted <-chan struct{}, sigs <-chan os.Signal) bool
 	case sig := <-sigs:
 		s.log.Warn("second signal: stopping at once", "signal", sig.String())
 	}
+	s.abandoned = true
 	return false
 }
 
 // stop releases what the session started, last first: the block devices
 // (they wait for I/O in flight), the controller (CC.SHN), the target.
+// After an abandoned unmount the I/O still in flight belongs to the files
+// that were not closed in time (it may be waiting for a target that is
+// gone): the controller is closed under it at once, which fails it,
+// rather than after another wait.
 func (s *session) stop() {
 	if s.ctrl != nil {
 		// Devices first: they drain, and the controller still serves them.
@@ -732,9 +741,13 @@ func (s *session) stop() {
 			}
 			close(closed)
 		}()
+		drain := busyDrainTimeout
+		if s.abandoned {
+			drain = 0
+		}
 		select {
 		case <-closed:
-		case <-time.After(busyDrainTimeout):
+		case <-time.After(drain):
 			s.log.Warn("I/O still in flight: closing the controller under it")
 		}
 		if err := s.ctrl.Close(); err != nil {
