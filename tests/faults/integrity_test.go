@@ -205,6 +205,8 @@ func (r *rig) run(k int, p phase) {
 	r.load.Reads.Add(st.Reads.Load())
 	r.load.BytesWritten.Add(st.BytesWritten.Load())
 	r.load.BytesRead.Add(st.BytesRead.Load())
+	r.load.Zeroed.Add(st.Zeroed.Load())
+	r.load.Flushes.Add(st.Flushes.Load())
 	t.Logf("%s: %d faults; %d writes (%d MiB), %d reads (%d MiB), %d MiB verified; recoveries %d, retries %d, digest errors %d, resyncs %d, NIC setups %d (%d refused); mount live heap %d MiB, RSS %d MiB",
 		p.name, injected, st.Writes.Load(), st.BytesWritten.Load()>>20, st.Reads.Load(), st.BytesRead.Load()>>20,
 		(verified+st.BytesVerified.Load())>>20,
@@ -395,7 +397,8 @@ func (r *rig) report(d time.Duration) {
 		faults += n
 		each = append(each, fmt.Sprintf("%s %d", name, n))
 	}
-	r.t.Logf("%d phases in %v: %d faults injected (%s); %d writes (%d MiB), %d reads (%d MiB); %d MiB verified against the model",
+	r.t.Logf("%d phases in %v: %d faults injected (%s); %d writes (%d MiB), %d fsyncs, %d MiB zeroed or deallocated, %d reads (%d MiB); %d MiB verified against the model",
 		r.phases, d.Round(time.Second), faults, strings.Join(each, ", "),
-		r.load.Writes.Load(), r.load.BytesWritten.Load()>>20, r.load.Reads.Load(), r.load.BytesRead.Load()>>20, r.bytesVerified>>20)
+		r.load.Writes.Load(), r.load.BytesWritten.Load()>>20, r.load.Flushes.Load(), r.load.Zeroed.Load()>>20,
+		r.load.Reads.Load(), r.load.BytesRead.Load()>>20, r.bytesVerified>>20)
 }

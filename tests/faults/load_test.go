@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nvmefs/nvmefs/internal/aio"
 )
 
@@ -69,6 +71,7 @@ type loadStats struct {
 	Writes, Reads           atomic.Uint64
 	BytesWritten, BytesRead atomic.Uint64
 	BytesVerified           atomic.Uint64
+	Zeroed, Flushes         atomic.Uint64 // bytes zeroed or deallocated; fsyncs
 }
 
 // load is one phase's running workers.
@@ -190,7 +193,9 @@ func openPair(file string, flag int) (direct, plain *os.File, err error) {
 
 // writer writes random data at random places of its region: O_DIRECT
 // whole pages up to 256 KiB, or any offset and length up to 68 KiB (which
-// the block layer read-modify-writes), then reads each back the other way.
+// the block layer read-modify-writes), now and then followed by an fsync,
+// or zeroes a range (fallocate ZERO_RANGE or PUNCH_HOLE); then it reads
+// the range back the other way.
 func (l *load) writer(ctx context.Context, id int, region span, rng *rand.Rand) {
 	defer l.wg.Done()
 	who := fmt.Sprintf("writer %d [%d, %d)", id, region.Lo, region.Hi)
@@ -210,7 +215,8 @@ func (l *load) writer(ctx context.Context, id int, region span, rng *rand.Rand) 
 	for ctx.Err() == nil {
 		var off, n int
 		f, back := plain, direct
-		if rng.IntN(2) == 0 {
+		op := rng.IntN(32)
+		if op < 2 || rng.IntN(2) == 0 {
 			n = pageSize * (1 + rng.IntN(64))
 			off = region.Lo + pageSize*rng.IntN((region.Len()-n)/pageSize+1)
 			f, back = direct, plain
@@ -218,15 +224,38 @@ func (l *load) writer(ctx context.Context, id int, region span, rng *rand.Rand) 
 			n = 1 + rng.IntN(68<<10)
 			off = region.Lo + rng.IntN(region.Len()-n+1)
 		}
-		data := bufs[0][:n]
-		fillRandom(rng, data)
-		if w, err := f.WriteAt(data, int64(off)); err != nil || w != n {
-			l.fail("%s: write of %d bytes at %d (direct %v): %d, %v", who, n, off, f == direct, w, err)
-			return
+		switch op {
+		case 0, 1:
+			// fallocate: Write Zeroes, or Deallocate (nvmefs serve
+			// punches a hole in the file: the range reads as zeros).
+			mode := uint32(unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE)
+			if op == 1 {
+				mode = unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE
+			}
+			if err := fallocate(f, mode, off, n); err != nil {
+				l.fail("%s: fallocate %#x of %d bytes at %d: %v", who, mode, n, off, err)
+				return
+			}
+			clear(l.model[off : off+n])
+			l.st.Zeroed.Add(uint64(n))
+		default:
+			data := bufs[0][:n]
+			fillRandom(rng, data)
+			if w, err := f.WriteAt(data, int64(off)); err != nil || w != n {
+				l.fail("%s: write of %d bytes at %d (direct %v): %d, %v", who, n, off, f == direct, w, err)
+				return
+			}
+			copy(l.model[off:], data)
+			l.st.Writes.Add(1)
+			l.st.BytesWritten.Add(uint64(n))
+			if op == 2 {
+				if err := f.Sync(); err != nil { // an NVMe Flush
+					l.fail("%s: fsync: %v", who, err)
+					return
+				}
+				l.st.Flushes.Add(1)
+			}
 		}
-		copy(l.model[off:], data)
-		l.st.Writes.Add(1)
-		l.st.BytesWritten.Add(uint64(n))
 
 		rlo, rhi := off, off+n
 		if back == direct {
@@ -332,6 +361,16 @@ func (l *load) aioReader(ctx context.Context, regions []span, rng *rand.Rand) {
 			if !l.check(who, int(r.Offset), r.Buf) {
 				return
 			}
+		}
+	}
+}
+
+// fallocate retries EINTR, as os.File's own calls do.
+func fallocate(f *os.File, mode uint32, off, n int) error {
+	for {
+		err := unix.Fallocate(int(f.Fd()), mode, int64(off), int64(n))
+		if err != unix.EINTR {
+			return err
 		}
 	}
 }
