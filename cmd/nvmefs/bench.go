@@ -54,7 +54,7 @@ The whole run takes about (jobs x modes) x (--runtime + 0.5 s) + 10 s.`,
 		o := &benchOptions{runtime: 8 * time.Second, size: "512M"}
 		fs.DurationVar(&o.runtime, "runtime", o.runtime, "each fio job's `DURATION` (whole seconds)")
 		fs.StringVar(&o.jobs, "jobs", "all", "fio jobs to run, comma-separated: 4k-qd1, 4k-qd32, 128k-qd16, 1m-seq")
-		fs.StringVar(&o.modes, "modes", "all", "ways to read, comma-separated: software, offload, software-ddgst, offload-ddgst, null")
+		fs.StringVar(&o.modes, "modes", "all", "ways to read, comma-separated: software, offload, offload-plain, software-ddgst, offload-ddgst, null")
 		fs.StringVar(&o.size, "size", o.size, "namespace `SIZE` (and the null file's)")
 		fs.StringVar(&o.out, "out", "", "`DIR` for results.json, table.txt and bench.png (default: a new directory in $TMPDIR)")
 		fs.StringVar(&o.fio, "fio", "", "fio binary `PATH` (default: fio from $PATH, installed with apt-get when missing)")
@@ -249,6 +249,7 @@ func benchMountChild(e *env, args []string) error {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+	limitMemory(0) // as mount does
 	if err := checkFUSE(); err != nil {
 		return err
 	}
