@@ -36,13 +36,27 @@ func TestBenchEndToEnd(t *testing.T) {
 	if strings.Contains(stderr.String(), errNoFio.Error()) {
 		t.Skipf("fio: %s", stderr.String())
 	}
+	// A failed run keeps its work directory (the children's logs): show
+	// them, then remove it.
+	work := regexp.MustCompile(`work directory (` + regexp.QuoteMeta(os.TempDir()) + `/nvmefs-bench-work-\d+)`).FindStringSubmatch(stderr.String())
+	if work != nil {
+		t.Cleanup(func() {
+			if t.Failed() {
+				logs, _ := filepath.Glob(filepath.Join(work[1], "*.log"))
+				for _, l := range logs {
+					b, _ := os.ReadFile(l)
+					t.Logf("%s:\n%s", l, b)
+				}
+			}
+			os.RemoveAll(work[1])
+		})
+	}
 	if err != nil {
 		t.Fatalf("nvmefs bench: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
 	}
 	t.Logf("stderr:\n%s\nstdout:\n%s", stderr.String(), stdout.String())
 
 	// Nothing left behind: no mount under the work directory, no child.
-	work := regexp.MustCompile(`work directory (\S+)`).FindStringSubmatch(stderr.String())
 	if work == nil {
 		t.Fatal("no work directory in the progress lines")
 	}
