@@ -67,6 +67,8 @@ func newConn(t *Target, nc net.Conn) *conn {
 	}
 	c.w = newWriter(nc, c.close, t.cfg.StallTimeout)
 	c.guard = newReadGuard(nc, t.cfg.HandshakeTimeout, t.cfg.StallTimeout)
+	// What the reader answered leaves before it waits for more.
+	c.guard.beforeRead = c.w.flush
 	c.br = bufio.NewReaderSize(c.guard, 64<<10)
 	c.rd = wire.NewReader(c.br, wire.ToController, &c.params)
 	return c
@@ -221,7 +223,7 @@ func (c *conn) icReq(r wire.ICReq) {
 	c.hostMaxR2T = int(min(uint64(r.MaxR2T())+1, maxR2TPerCommand))
 	buf := make([]byte, wire.ICRespLen)
 	wire.ICResp(buf).Encode(&wire.ICRespFields{CPDA: 0, HeaderDigest: hd, DataDigest: dd, MaxH2CData: c.t.cfg.MaxH2CData})
-	c.w.send(frame{iov: [][]byte{buf}})
+	c.w.queue(frame{iov: [][]byte{buf}})
 }
 
 // acquireSlot waits until the connection has room for one more command's
@@ -385,7 +387,7 @@ func (c *conn) sendR2Ts(cmd *command) {
 		hb := cmd.r2tHdr[slot][:]
 		wire.R2T(hb).Encode(&wire.R2TFields{CCCID: cmd.cid(), TTag: c.nextTTag, Offset: cmd.r2ts[slot].off, Len: n})
 		cmd.r2tIov[slot][0] = c.params.Seal(hb, 0)
-		c.w.send(frame{iov: cmd.r2tIov[slot][:]})
+		c.w.queue(frame{iov: cmd.r2tIov[slot][:]})
 	}
 }
 
@@ -442,7 +444,10 @@ func (c *conn) h2cData(h wire.Header, l wire.Layout) error {
 }
 
 // execute runs a command whose data (if any) is in: Connect inline, since
-// the queue's state depends on it, everything else on its own goroutine.
+// the queue's state depends on it, and so are the I/O commands of a
+// namespace whose store never waits (memory): running them here saves a
+// goroutine and two hand-offs per command. Everything else runs on its own
+// goroutine, so that a slow device holds up no other command.
 func (c *conn) execute(cmd *command) {
 	s := cmd.SQE()
 	if s.Opcode() == nvme.OpcodeFabrics && s.FabricsType() == nvme.FabricsConnect {
@@ -457,20 +462,37 @@ func (c *conn) execute(cmd *command) {
 		c.complete(cmd, 0, nvme.StatusSuccess)
 		return
 	}
+	if c.qid != 0 && c.immediate(s) {
+		res, st := c.io(cmd)
+		c.complete(cmd, res, st)
+		return
+	}
 	c.cmds.Add(1)
 	go func() {
 		defer c.cmds.Done()
 		res, st, held := c.run(cmd)
 		if !held {
-			c.complete(cmd, res, st)
+			c.completeAsync(cmd, res, st)
 		}
 	}()
 }
 
-// complete answers a command: its C2HData (on success) and its CapsuleResp,
-// as one frame. The command id is free again before the host can see the
-// answer.
+// complete answers a command from the reader goroutine: the answer leaves
+// with the reader's next flush, before it reads the socket again.
 func (c *conn) complete(cmd *command, result uint64, st nvme.Status) {
+	c.w.queue(c.answer(cmd, result, st))
+}
+
+// completeAsync answers a command from a goroutine of its own: the
+// writer's goroutine sends it.
+func (c *conn) completeAsync(cmd *command, result uint64, st nvme.Status) {
+	c.w.send(c.answer(cmd, result, st))
+}
+
+// answer is a command's answer: its C2HData (on success) and its
+// CapsuleResp, as one frame. The command id is free again before the host
+// can see it.
+func (c *conn) answer(cmd *command, result uint64, st nvme.Status) frame {
 	s := cmd.SQE()
 	cid := s.CID()
 	if c.ctrl != nil {
@@ -501,7 +523,7 @@ func (c *conn) complete(cmd *command, result uint64, st nvme.Status) {
 		wire.CapsuleResp(rb).Encode(&nvme.CQEFields{Result: result, SQHD: sqhd, SQID: c.qid, CID: cid, Status: st})
 		cmd.iov = append(cmd.iov, c.params.Seal(rb, 0))
 	}
-	c.w.send(frame{iov: cmd.iov, done: cmd})
+	return frame{iov: cmd.iov, done: cmd}
 }
 
 // dataOut reports whether the command's data goes to the host.

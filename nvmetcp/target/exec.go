@@ -107,6 +107,17 @@ func (c *conn) planIO(s nvme.SQE) (direction, uint32, nvme.Status) {
 	return noData, 0, nvme.StatusInvalidOpcode | nvme.StatusDNR
 }
 
+// immediate reports whether an I/O command (planned) runs on the reader:
+// a command of one namespace whose store never waits.
+func (c *conn) immediate(s nvme.SQE) bool {
+	switch s.Opcode() {
+	case nvme.IORead, nvme.IOWrite, nvme.IOWriteZeroes, nvme.IODatasetMgmt, nvme.IOFlush:
+		ns := c.t.namespace(s.NSID())
+		return ns != nil && ns.immediate
+	}
+	return false
+}
+
 // run executes a planned command whose data is in. held: the command stays
 // outstanding without an answer (an Asynchronous Event Request).
 func (c *conn) run(cmd *command) (result uint64, st nvme.Status, held bool) {

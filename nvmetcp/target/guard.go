@@ -30,6 +30,8 @@ type readGuard struct {
 	left time.Duration
 	// set is the read deadline last set on nc.
 	set time.Time
+	// beforeRead, if set, runs before each read of nc (which may wait).
+	beforeRead func()
 }
 
 var _ io.Reader = (*readGuard)(nil)
@@ -52,6 +54,9 @@ func (g *readGuard) boundary(started bool) {
 }
 
 func (g *readGuard) Read(p []byte) (int, error) {
+	if g.beforeRead != nil {
+		g.beforeRead()
+	}
 	var dl, start time.Time
 	switch {
 	case !g.handshake.IsZero():

@@ -203,8 +203,11 @@ type namespace struct {
 	id     uint32
 	st     store.Store
 	blocks uint64
-	nguid  [16]byte
-	uuid   [16]byte
+	// immediate: the store never waits for a device; its commands run on
+	// the connection's reader.
+	immediate bool
+	nguid     [16]byte
+	uuid      [16]byte
 
 	bytesRead, bytesWritten atomic.Uint64
 	reads, writes           atomic.Uint64
@@ -256,6 +259,9 @@ func New(cfg Config) (*Target, error) {
 	}
 	for i, st := range cfg.Namespaces {
 		ns := &namespace{id: uint32(i + 1), st: st, blocks: uint64(st.Size()) >> t.lbaShift}
+		if im, ok := st.(store.Immediate); ok {
+			ns.immediate = im.Immediate()
+		}
 		ns.nguid, ns.uuid = namespaceIDs(cfg.SubsystemNQN, ns.id)
 		t.ns = append(t.ns, ns)
 	}

@@ -17,23 +17,34 @@ type frame struct {
 	done releaser
 }
 
-// writer is a connection's single writer: frames are queued from any
-// goroutine and one goroutine sends everything queued with one writev.
+// writer is a connection's output: frames are queued from any goroutine and
+// whoever sends writes everything queued with one writev. The connection's
+// reader queues what it answers itself without waking anybody (queue) and
+// writes it on its own before it reads the socket again (flush): a command
+// answered on the reader costs no hand-off between goroutines, and the
+// answers to a burst of commands that arrived in one read leave in one
+// writev. Frames of other goroutines (send) wake the writer's goroutine.
+// One sender at a time: the reader in flush or the writer's goroutine.
 type writer struct {
-	nc   net.Conn
-	mu   sync.Mutex
-	q    []frame
-	term []byte // a TermReq to send instead of anything else, then stop
-	stop bool
-	dead bool // no more frames are accepted
-	wake chan struct{}
-	done chan struct{}
+	nc      net.Conn
+	mu      sync.Mutex
+	q       []frame
+	term    []byte // a TermReq to send instead of anything else, then stop
+	stop    bool
+	dead    bool // no more frames are accepted
+	sending bool // a goroutine is writing a batch; it sends what is queued meanwhile too
+	wake    chan struct{}
+	done    chan struct{}
 	// fail ends the connection after a write error, so that the reader
 	// stops too.
 	fail func()
 	// stall bounds each writeChunk bytes of a write: a peer that stops
 	// reading fails the write instead of holding the writer forever.
 	stall time.Duration
+
+	// The sender's (under sending): the batch taken from q and its iovecs.
+	batch []frame
+	iov   net.Buffers
 }
 
 // writeChunk is how much of a batch must be written within the stall
@@ -72,19 +83,90 @@ func (w *writer) signal() {
 	}
 }
 
-// send queues f; if the writer has stopped, f is released at once.
+// send queues f and wakes the writer's goroutine; if the writer has
+// stopped, f is released at once.
 func (w *writer) send(f frame) {
+	if w.enqueue(f) {
+		w.signal()
+	}
+}
+
+// queue queues f for the reader's next flush (the reader's own frames).
+func (w *writer) queue(f frame) { w.enqueue(f) }
+
+func (w *writer) enqueue(f frame) bool {
 	w.mu.Lock()
 	if w.dead {
 		w.mu.Unlock()
 		if f.done != nil {
 			f.done.release()
 		}
-		return
+		return false
 	}
 	w.q = append(w.q, f)
 	w.mu.Unlock()
-	w.signal()
+	return true
+}
+
+// flush writes what is queued from the calling goroutine, unless another
+// sender is at work (it takes the queue when its write returns). The
+// reader calls it before each read of the socket.
+func (w *writer) flush() {
+	w.mu.Lock()
+	if len(w.q) == 0 || w.sending || w.dead || w.term != nil || w.stop {
+		// term and stop are the writer goroutine's to carry out.
+		pending := len(w.q) > 0
+		w.mu.Unlock()
+		if pending {
+			w.signal()
+		}
+		return
+	}
+	w.sending = true
+	w.mu.Unlock()
+	w.drain()
+}
+
+// drain writes batches until the queue is empty (or a write fails), then
+// gives up the sender's role. The caller set sending.
+func (w *writer) drain() {
+	for {
+		w.mu.Lock()
+		if len(w.q) == 0 || w.dead || w.term != nil {
+			w.sending = false
+			wakeWriter := w.term != nil || w.stop
+			w.mu.Unlock()
+			if wakeWriter {
+				w.signal()
+			}
+			return
+		}
+		w.batch, w.q = w.q, w.batch[:0]
+		w.mu.Unlock()
+
+		w.iov = w.iov[:0]
+		for _, f := range w.batch {
+			w.iov = append(w.iov, f.iov...)
+		}
+		err := w.write(w.iov) // consumes a copy of the slice header
+
+		clear(w.iov) // drop references into released buffers
+		releaseAll(w.batch)
+		clear(w.batch)
+		w.batch = w.batch[:0]
+		if err != nil {
+			w.mu.Lock()
+			w.dead = true
+			w.sending = false
+			dropped := w.q
+			w.q = nil
+			w.mu.Unlock()
+			releaseAll(dropped)
+			w.fail()
+			w.signal() // the writer's goroutine ends
+			return
+		}
+	}
 }
 
 // terminate drops everything queued, sends pdu (a TermReq) and stops.
@@ -105,61 +187,49 @@ func (w *writer) shutdown() {
 	w.signal()
 }
 
-// run sends frames until shutdown, terminate or a write error, then releases
-// whatever is left. It closes done when it returns.
+// run is the writer's goroutine: it sends what others queue until
+// shutdown, terminate or a write error, then releases whatever is left. It
+// closes done when it returns.
 func (w *writer) run(writeTimeout time.Duration) {
 	defer close(w.done)
-	var batch []frame
-	var iov net.Buffers
 	for range w.wake {
-		for {
-			w.mu.Lock()
-			if w.term != nil {
-				term := w.term
-				w.dead = true
-				dropped := w.q
-				w.q = nil
-				w.mu.Unlock()
-				releaseAll(dropped)
-				w.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
-				w.nc.Write(term)
-				return
-			}
-			if len(w.q) == 0 {
-				stop := w.stop
-				if stop {
-					w.dead = true
-				}
-				w.mu.Unlock()
-				if stop {
-					return
-				}
-				break
-			}
-			batch, w.q = w.q, batch[:0]
+		w.mu.Lock()
+		switch {
+		case w.sending:
+			// The reader is writing: it sends what is queued, and
+			// wakes us if there is a stop or a TermReq to carry out.
 			w.mu.Unlock()
-
-			iov = iov[:0]
-			for _, f := range batch {
-				iov = append(iov, f.iov...)
-			}
-			err := w.write(iov) // consumes a copy of the slice header
-
-			clear(iov) // drop references into released buffers
-			releaseAll(batch)
-			clear(batch)
-			batch = batch[:0]
-			if err != nil {
-				w.mu.Lock()
+			continue
+		case w.term != nil:
+			term := w.term
+			w.dead = true
+			dropped := w.q
+			w.q = nil
+			w.mu.Unlock()
+			releaseAll(dropped)
+			w.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+			w.nc.Write(term)
+			return
+		case w.dead:
+			w.mu.Unlock()
+			return
+		case len(w.q) == 0:
+			stop := w.stop
+			if stop {
 				w.dead = true
-				dropped := w.q
-				w.q = nil
-				w.mu.Unlock()
-				releaseAll(dropped)
-				w.fail()
+			}
+			w.mu.Unlock()
+			if stop {
 				return
 			}
+			continue
 		}
+		w.sending = true
+		w.mu.Unlock()
+		w.drain()
+		// Look again: a stop, a TermReq or frames may have come while
+		// the batch was written.
+		w.signal()
 	}
 }
 

@@ -37,7 +37,7 @@ type Mem struct {
 	stripes   [memStripes]memStripe
 }
 
-var _ Store = (*Mem)(nil)
+var _ Immediate = (*Mem)(nil)
 
 // NewMem returns an empty (all zeros) in-memory store of size bytes.
 func NewMem(size int64) (*Mem, error) {
@@ -53,6 +53,9 @@ func NewMem(size int64) (*Mem, error) {
 
 // Size implements Store.
 func (m *Mem) Size() int64 { return m.size }
+
+// Immediate implements Immediate: memory never waits.
+func (m *Mem) Immediate() bool { return true }
 
 // Allocated is how many bytes of memory the store's data holds now.
 func (m *Mem) Allocated() int64 { return m.allocated.Load() * memChunkSize }

@@ -27,6 +27,15 @@ type Store interface {
 	Close() error
 }
 
+// Immediate is a Store whose operations never wait for a device (memory):
+// the target runs its commands on the connection's reader, which saves two
+// hand-offs between goroutines per command, instead of a goroutine each.
+type Immediate interface {
+	Store
+	// Immediate reports whether no operation waits for a device.
+	Immediate() bool
+}
+
 // ErrOutOfRange is wrapped by the errors of operations on a range that is not
 // wholly inside [0, Size()).
 var ErrOutOfRange = errors.New("range outside the store")
