@@ -81,16 +81,25 @@ type Socket interface {
 	// Recv returns the next segment of the received stream, in order, to
 	// one goroutine. Unplaced bytes stay valid until the next call to
 	// Recv; placed bytes do not change until their mapping is torn down.
-	// An error ends the stream (connection closed, device down).
+	// An error ends the stream (connection closed, device down), but for
+	// ErrInterrupted.
 	Recv() (Segment, error)
+	// Interrupt makes the Recv that waits for the stream, now or next,
+	// return ErrInterrupted at once. The stream is unchanged: the Recv
+	// after returns what the interrupted one would have. A ULP whose
+	// receiver is also a caller that may have to leave (a request
+	// cancelled, or completed from elsewhere) uses it to wake it.
+	Interrupt()
 	// Setup maps io's buffer for the tag io.Tag before the ULP sends the
 	// request whose response will carry the data. An error (no free
 	// context, SG list too long) is not fatal: that I/O goes the software way.
 	Setup(io *IO) error
-	// Teardown unmaps io. It returns at once; the device calls
+	// Teardown unmaps io. It does not wait; the device calls
 	// ULP.TeardownDone(io) when its mapping is gone and will never touch
-	// io's buffer again. Teardown of an io that is not mapped does nothing
-	// (no TeardownDone).
+	// io's buffer again, possibly before Teardown returns, from the
+	// caller's goroutine (so the ULP holds no lock TeardownDone takes
+	// while it calls Teardown). Teardown of an io that is not mapped does
+	// nothing (no TeardownDone).
 	Teardown(io *IO)
 	// Resync answers a ResyncRequest for seq: ok when a PDU header starts
 	// exactly at seq in the ULP's own parse of the stream.
@@ -102,7 +111,7 @@ type Socket interface {
 }
 
 // ULP is what a device calls back. Calls come from the device's own
-// goroutines and must not block.
+// goroutines, or TeardownDone from within Teardown, and must not block.
 type ULP interface {
 	// ResyncRequest: the device lost track of PDU boundaries and found
 	// what may be a PDU header at seq. The device asks before the ULP can
@@ -157,4 +166,7 @@ var (
 	ErrNoResources  = errors.New("ddp: no free offload context")
 	ErrSGLTooLong   = errors.New("ddp: scatter list longer than the device maps")
 	ErrDeviceDown   = errors.New("ddp: device is down")
+	// ErrInterrupted is Recv's answer after Interrupt; not an end of the
+	// stream.
+	ErrInterrupted = errors.New("ddp: receive interrupted")
 )

@@ -1,6 +1,7 @@
 package mlx5sim
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -260,7 +261,7 @@ func TestCloseTearsDown(t *testing.T) {
 		}
 		s.Teardown(ios[0])
 		// Traffic in flight: Recv is blocked when Close comes.
-		snd := newSender(wire.OffloadConfig{})
+		snd := newSender(wire.OffloadConfig{QueueSize: 4})
 		tc.Write(snd.resp(1))
 		seg, err := s.Recv()
 		if err != nil || len(seg.Bytes) != wire.CapsuleRespHdrLen {
@@ -392,4 +393,94 @@ func TestDownUp(t *testing.T) {
 		sc.sock.Close()
 	}()
 	waitGoroutines(t, base)
+}
+
+// TestTeardownDoneTiming: with no delay and nothing ahead of it, a
+// mapping's TeardownDone comes from within Teardown; with a delay, later,
+// from the completion goroutine, never before the delay.
+func TestTeardownDoneTiming(t *testing.T) {
+	d, _ := New(Config{})
+	hc, _ := tcpPair(t)
+	ulp := newDoneRecorder()
+	s, err := d.SkAdd(hc, wire.OffloadConfig{QueueSize: 4}, ulp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	io0 := newIO(0, 8192)
+	if err := s.Setup(io0); err != nil {
+		t.Fatal(err)
+	}
+	s.Teardown(io0)
+	if n := ulp.count(io0); n != 1 {
+		t.Errorf("no delay: %d TeardownDone calls when Teardown returned, want 1", n)
+	}
+	s.Teardown(io0) // not mapped any more: ignored
+	d.SetTeardownDelay(50 * time.Millisecond)
+	io1 := newIO(1, 8192)
+	if err := s.Setup(io1); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	s.Teardown(io1)
+	if ulp.count(io1) != 0 {
+		t.Error("delayed teardown done within Teardown")
+	}
+	waitFor(t, func() bool { return ulp.count(io1) == 1 })
+	if dt := time.Since(t0); dt < 50*time.Millisecond {
+		t.Errorf("TeardownDone after %v, want the 50ms delay", dt)
+	}
+	if ulp.count(io0) != 1 || d.Stat("rx_nvmeotcp_ddp_teardown") != 2 {
+		t.Errorf("TeardownDone calls %d, %d; teardown counter %d", ulp.count(io0), ulp.count(io1), d.Stat("rx_nvmeotcp_ddp_teardown"))
+	}
+}
+
+// TestInterrupt: Interrupt makes the Recv that waits return ErrInterrupted
+// and changes nothing of the stream: what arrives after comes whole, and a
+// batch already at hand comes before a pending interrupt is looked at.
+func TestInterrupt(t *testing.T) {
+	d, _ := New(Config{})
+	hc, tc := tcpPair(t)
+	s, err := d.SkAdd(hc, wire.OffloadConfig{QueueSize: 4}, newDoneRecorder())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got := make(chan error, 1)
+	go func() {
+		_, err := s.Recv()
+		got <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // Recv waits
+	s.Interrupt()
+	select {
+	case err := <-got:
+		if err != ddp.ErrInterrupted {
+			t.Fatalf("interrupted Recv: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Interrupt did not wake Recv")
+	}
+	snd := newSender(wire.OffloadConfig{QueueSize: 4})
+	want := append(snd.resp(1), snd.resp(2)...)
+	if _, err := tc.Write(want); err != nil {
+		t.Fatal(err)
+	}
+	var stream []byte
+	for len(stream) < len(want) {
+		if len(stream) > 0 {
+			s.Interrupt() // pending while bytes are at hand or arrive
+		}
+		seg, err := s.Recv()
+		if err == ddp.ErrInterrupted {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		stream = append(stream, seg.Bytes...)
+	}
+	if !bytes.Equal(stream, want) {
+		t.Errorf("stream after interrupts: %x, want %x", stream, want)
+	}
 }

@@ -59,15 +59,18 @@
 // only in a non-blocking system call made after checking it, so a
 // Teardown never waits for the peer (on a connection without a file
 // descriptor, such as net.Pipe, it waits for the read in progress).
-// TeardownDone follows, from the socket's completion goroutine, after
-// TeardownDelay; from then on the device never writes into that buffer
-// and the tag may be set up anew. Teardown of an I/O that is not mapped
+// TeardownDone follows after TeardownDelay: with no delay, no read into
+// the mapping under way and no earlier teardown pending, from within
+// Teardown itself; otherwise from the socket's completion goroutine. From
+// then on the device never writes into that buffer and the tag may be set
+// up anew. Teardown of an I/O that is not mapped
 // is ignored. Close (sk_del) stops the engine, tears down every mapping
 // still set up and returns once every TeardownDone has been called; ULP
 // callbacks must therefore not call Close.
 //
-// Recv is for one goroutine. The engine runs ahead of it by at most four
-// batches of segments, whose unplaced bytes share 64 KiB buffers.
+// Recv is for one caller at a time; Interrupt wakes the one that waits.
+// The engine runs ahead of it by at most four batches of segments, whose
+// unplaced bytes share 64 KiB buffers.
 //
 // # Faults
 //

@@ -228,17 +228,20 @@ func (s *session) issueLocked() {
 // onResp runs on the receive goroutine when a read's response arrives.
 func (s *session) onResp(c *hcmd) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if c.resp {
+		s.mu.Unlock()
 		s.t.Errorf("second response for tag %d", c.tag)
 		return
 	}
 	c.resp = true
-	if c.io != nil {
-		s.sock.Teardown(c.io)
+	if io := c.io; io != nil {
+		// Not under s.mu: TeardownDone may come from within Teardown.
+		s.mu.Unlock()
+		s.sock.Teardown(io)
 		return
 	}
 	s.completeLocked(c)
+	s.mu.Unlock()
 }
 
 // ResyncRequest and TeardownDone make the session the socket's ULP.

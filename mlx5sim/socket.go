@@ -71,6 +71,7 @@ type socket struct {
 
 	full chan *batch
 	free chan *batch
+	intr chan struct{} // Interrupt's token, taken by the Recv that waits
 	// Recv's own state (one caller at a time).
 	cur    *batch
 	curIdx int
@@ -100,6 +101,7 @@ func newSocket(d *Device, conn net.Conn, cfg wire.OffloadConfig, ulp ddp.ULP, ta
 		setupRng:      d.rng(n, 1),
 		cqSignal:      make(chan struct{}, 1),
 		full:          make(chan *batch, numBatches),
+		intr:          make(chan struct{}, 1),
 		free:          make(chan *batch, numBatches),
 		quit:          make(chan struct{}),
 		engineDone:    make(chan struct{}),
@@ -192,8 +194,10 @@ func checkSG(io *ddp.IO) error {
 
 // Teardown invalidates io's mapping: the engine stops placing into it at
 // once (or, if a read system call into it is under way, as soon as that
-// call returns). TeardownDone follows from the completion goroutine, after
-// the device's teardown delay. An io that is not mapped here (Setup failed, already torn down,
+// call returns). TeardownDone follows: from within Teardown when there is
+// nothing to wait for (no delay, no read into the mapping under way, no
+// earlier teardown pending), else from the completion goroutine, after the
+// device's teardown delay. An io that is not mapped here (Setup failed, already torn down,
 // socket closed) is ignored: no TeardownDone.
 func (s *socket) Teardown(io *ddp.IO) {
 	if io == nil {
@@ -204,15 +208,29 @@ func (s *socket) Teardown(io *ddp.IO) {
 		return
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if e.io != io || e.state != entryMapped || s.closed {
+		s.mu.Unlock()
 		return
 	}
 	if s.writing == e {
 		e.state = entryTearing // the engine queues it when its read returns
+		s.mu.Unlock()
 		return
 	}
-	s.queueLocked(e)
+	if len(s.cq) > 0 || s.d.teardownDelay.Load() != 0 {
+		s.queueLocked(e)
+		s.mu.Unlock()
+		return
+	}
+	// Nothing to wait for and nothing ahead of it: the invalidation is
+	// complete now, and TeardownDone comes from here, as a completion a
+	// driver polls right after posting it (no wake-up of the completion
+	// goroutine).
+	e.io = nil
+	e.state = entryFree
+	s.mu.Unlock()
+	s.d.stats.add(statTeardown, 1)
+	s.ulp.TeardownDone(io)
 }
 
 // queueLocked puts an invalidated entry on the completion queue.
@@ -287,7 +305,8 @@ func (s *socket) Resync(seq ddp.Seq, ok bool) {
 	s.answer.Store(v)
 }
 
-// Recv returns the next segment. Not safe for concurrent use.
+// Recv returns the next segment: to one caller at a time. A batch at hand
+// is returned before an Interrupt is looked at.
 func (s *socket) Recv() (ddp.Segment, error) {
 	for {
 		if s.down.Load() {
@@ -307,7 +326,17 @@ func (s *socket) Recv() (ddp.Segment, error) {
 			s.cur = nil
 			s.free <- b
 		}
-		b, ok := <-s.full
+		var b *batch
+		var ok bool
+		select {
+		case b, ok = <-s.full:
+		default:
+			select {
+			case b, ok = <-s.full:
+			case <-s.intr:
+				return ddp.Segment{}, ddp.ErrInterrupted
+			}
+		}
 		if !ok {
 			if s.down.Load() {
 				return ddp.Segment{}, ddp.ErrDeviceDown
@@ -315,6 +344,15 @@ func (s *socket) Recv() (ddp.Segment, error) {
 			return ddp.Segment{}, s.err
 		}
 		s.cur, s.curIdx = b, 0
+	}
+}
+
+// Interrupt makes the Recv that waits, now or next, return
+// ddp.ErrInterrupted.
+func (s *socket) Interrupt() {
+	select {
+	case s.intr <- struct{}{}:
+	default:
 	}
 }
 
