@@ -138,6 +138,7 @@ func queueCounters(prefix string, q *host.QueueStats) []blk.Counter {
 		{Name: prefix + "reconnects", Value: q.Reconnects},
 		{Name: prefix + "rx_bytes_copied", Value: q.BytesCopied},
 		{Name: prefix + "rx_bytes_direct", Value: q.BytesDirect},
+		{Name: prefix + "rx_bytes_discarded", Value: q.BytesDiscarded},
 		{Name: prefix + "rx_bytes_placed", Value: q.BytesPlaced},
 		{Name: prefix + "rx_crc_software", Value: q.CRCSoftware},
 		{Name: prefix + "rx_crc_offloaded", Value: q.CRCOffloaded},

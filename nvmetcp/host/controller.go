@@ -648,10 +648,13 @@ func (a *assoc) startKeepAlive() {
 }
 
 // watchdog fails the live association when a command has been in flight
-// longer than IOTimeout (the kernel's request timeout handler).
+// longer than IOTimeout (the kernel's request timeout handler), and wakes
+// receiving waiters whose context ended.
 func (c *Controller) watchdog() {
 	defer c.wg.Done()
-	tick := min(max(c.opts.IOTimeout/10, 10*time.Millisecond), time.Second)
+	// At most 100 ms: it also wakes a receiving waiter whose context
+	// ended (queue.lead), which then leaves within a tick.
+	tick := min(max(c.opts.IOTimeout/10, 10*time.Millisecond), 100*time.Millisecond)
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {
@@ -672,6 +675,12 @@ func (c *Controller) watchdog() {
 		now := time.Now().UnixNano()
 		for _, a := range watched {
 			for _, q := range a.queues() {
+				if q.leaderGone() {
+					q.kickReceiver()
+				}
+				if q.inflight.Load() == 0 {
+					q.pokeReceiver() // reads what came unasked
+				}
 				if q.overdue(now) {
 					q.stats.timeouts.Add(1)
 					c.log.Warn("nvme host: I/O timeout", "qid", q.qid, "timeout", c.opts.IOTimeout)

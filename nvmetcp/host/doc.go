@@ -26,12 +26,17 @@
 //   - Options mirror the kernel's connect options; the default host NQN and
 //     host ID are stable per user (DefaultHostIdentity).
 //
-// Receive path: each queue has one receive loop, the only PDU parser, which
-// reads through an rxStream. The software stream reads C2HData payload with
-// io.ReadFull straight into the request's buffer and the parser checks the
-// data digest; an offloaded stream (DDP) hands over segments that may already
-// be placed (the copy is skipped) and CRC-verified (the digest check is
-// skipped).
+// Receive path: each queue has one PDU parser at a time, which reads
+// through an rxStream. Who runs it is a role (rxMu): a command's waiter
+// takes it when nobody has it and receives until its own command has ended,
+// so that at low queue depth the goroutine that sent a command reads the
+// answer itself (no hand-off); with commands still in flight the queue's
+// receive goroutine takes over until none is. While idle, that goroutine
+// looks every watchdog tick for what came unasked (a TermReq, the
+// connection's end, a stray PDU). The software stream reads C2HData payload
+// straight into the request's buffer and the parser checks the data digest;
+// an offloaded stream (DDP) hands over segments that may already be placed
+// (the copy is skipped) and CRC-verified (the digest check is skipped).
 //
 // DDP offload (Options.Offload, a ddp.Device; the host knows no NIC model):
 //   - Each I/O queue is offloaded (sk_add) right after ICResp, before
@@ -55,8 +60,9 @@
 //     before its commands are failed and issued again; a device going down
 //     fails its queues into the usual error recovery.
 //
-// Sending: a submitter writes its capsule itself when nothing is
-// queued and nobody writes (direct send); otherwise the queue's writer
-// batches capsules and H2CData into one writev. Neither allocates per
-// command.
+// Sending: a submitter queues its capsule and, if nobody is writing,
+// writes what is queued itself (direct send), so that capsules submitted
+// during a writev leave together in the next one; the queue's writer
+// goroutine sends H2CData for R2Ts (the parser never waits on the send
+// side). Neither allocates per command.
 package host

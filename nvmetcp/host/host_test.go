@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nvmefs/nvmefs/ddp"
 	"github.com/nvmefs/nvmefs/nvmetcp/target"
 	"github.com/nvmefs/nvmefs/nvmetcp/target/store"
 )
@@ -495,5 +496,60 @@ func TestHostIdentityStable(t *testing.T) {
 	}
 	if o.HostNQN == "" || o.HostID == ([16]byte{}) {
 		t.Errorf("defaults: %q %x", o.HostNQN, o.HostID)
+	}
+}
+
+// TestBenchmarkDiscardPayload: the benchmark-only mode drops every C2HData
+// payload in the kernel (the buffer keeps what it held) and checks no
+// digest, while the PDU stream around it (multi-PDU reads, digests, the
+// responses) stays in step: reads complete, writes still land, and the same
+// controller's admin queue is untouched.
+func TestBenchmarkDiscardPayload(t *testing.T) {
+	tt := startTarget(t, target.Config{MaxTransfer: 256 << 10, MaxC2HData: 48 << 10}, "mem:8M")
+	o := testOpts()
+	o.HeaderDigest, o.DataDigest = true, true
+	o.BenchmarkDiscardPayload = true
+	c := connectT(t, tt.addr, testNQN, o)
+	ctx := testCtx(t, 30*time.Second)
+	want := tt.nsData(t, 1)
+	var total uint64
+	for _, size := range []int{512, 4096, 128 << 10, 256 << 10} {
+		buf := bytes.Repeat([]byte{0xa5}, size)
+		for range 20 {
+			if err := c.Read(ctx, 1, 8, buf); err != nil {
+				t.Fatalf("read %d: %v", size, err)
+			}
+			total += uint64(size)
+		}
+		if !bytes.Equal(buf, bytes.Repeat([]byte{0xa5}, size)) {
+			t.Fatalf("read %d: the buffer was written", size)
+		}
+		if bytes.Equal(want[8*512:8*512+size], buf) {
+			t.Fatal("the pattern equals the buffer's filler: the test proves nothing")
+		}
+	}
+	w := make([]byte, 64<<10)
+	fillPattern(w, 99)
+	if err := c.Write(ctx, 1, 100, w); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(tt.nsData(t, 1)[100*512:100*512+len(w)], w) {
+		t.Fatal("write did not land")
+	}
+	s := c.Stats()
+	io := s.Total
+	io.BytesCopied -= s.Admin.BytesCopied
+	io.BytesDirect -= s.Admin.BytesDirect
+	io.CRCSoftware -= s.Admin.CRCSoftware
+	if io.BytesDiscarded != total || io.BytesCopied+io.BytesDirect != 0 || io.CRCSoftware != 0 || io.DigestErrors != 0 || s.Recoveries != 0 {
+		t.Errorf("I/O queues: discarded %d of %d, copied %d, direct %d, CRCs %d, digest errors %d, recoveries %d",
+			io.BytesDiscarded, total, io.BytesCopied, io.BytesDirect, io.CRCSoftware, io.DigestErrors, s.Recoveries)
+	}
+	if s.Admin.BytesCopied+s.Admin.BytesDirect == 0 || s.Admin.CRCSoftware == 0 {
+		t.Errorf("admin queue: copied %d, direct %d, CRCs %d: it should receive and check as always", s.Admin.BytesCopied, s.Admin.BytesDirect, s.Admin.CRCSoftware)
+	}
+	o.Offload = struct{ ddp.Device }{} // refused before it is used
+	if _, err := Connect(ctx, tt.addr, testNQN, o); err == nil {
+		t.Error("BenchmarkDiscardPayload with Offload: no error")
 	}
 }

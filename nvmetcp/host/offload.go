@@ -33,6 +33,9 @@ type offload struct {
 	// resync is the latest resync request, seq<<32 | 1; 0: none pending.
 	// Only the latest counts (the device ignores answers to older ones).
 	resync atomic.Uint64
+	// tearing is the mapping the receiver is tearing down right now: a
+	// TeardownDone for it comes from within Teardown, on the receiver.
+	tearing atomic.Pointer[ddp.IO]
 }
 
 var _ ddp.ULP = (*offload)(nil)
@@ -152,6 +155,11 @@ func (o *offload) TeardownDone(io *ddp.IO) {
 	r.mu.Unlock()
 	if pending {
 		q.complete(r, st, res, err)
+		if q.leader.Load() == r && o.tearing.Load() != io {
+			// Its waiter receives for the queue and may wait at a PDU
+			// boundary for bytes that never come: wake it.
+			q.kickReceiver()
+		}
 	}
 }
 
@@ -168,7 +176,9 @@ func (q *queue) respond(r *request, st nvme.Status, result uint64, err error) {
 			r.respPending, r.respStatus, r.respResult, r.respErr = true, st, result, err
 			r.mu.Unlock()
 			if tear {
+				q.off.tearing.Store(&r.dio)
 				q.off.sock.Teardown(&r.dio)
+				q.off.tearing.Store(nil)
 			}
 			return
 		}
@@ -225,6 +235,21 @@ func (s *ddpStream) startPDU() {
 
 func (s *ddpStream) pduVerified() bool { return s.crc.Offloaded() }
 
+func (s *ddpStream) interrupt() { s.o.sock.Interrupt() }
+
+func (s *ddpStream) buffered() bool { return len(s.rest) > 0 }
+
+// ready loads the next segment if the device has one at hand: an
+// Interrupt first makes Recv return at once when it has none.
+func (s *ddpStream) ready() bool {
+	if len(s.rest) > 0 {
+		return true
+	}
+	s.startPDU()
+	s.o.sock.Interrupt()
+	return s.ensure() != errKicked
+}
+
 // ensure makes rest non-empty and accounts the segment for the current
 // PDU. It answers a pending resync request where the parser's position
 // settles it: at a PDU start (once the bytes there have come, since the
@@ -234,6 +259,12 @@ func (s *ddpStream) ensure() error {
 	fresh := false
 	for len(s.rest) == 0 {
 		seg, err := s.o.sock.Recv()
+		if err == ddp.ErrInterrupted {
+			if s.pduStart {
+				return errKicked // nothing of the PDU consumed
+			}
+			continue
+		}
 		if err != nil {
 			return err
 		}

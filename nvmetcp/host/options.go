@@ -62,6 +62,13 @@ type Options struct {
 	// reports MaxSegments). A queue whose offload fails runs in software
 	// until its next reconnect.
 	Offload ddp.Device
+	// BenchmarkDiscardPayload is for benchmarks only, the upper bound of
+	// what a receive offload can save: the I/O queues (in software; not
+	// with Offload) have the kernel drop every C2HData payload (recv with
+	// MSG_TRUNC: no copy to user space) and check no data digest, so a
+	// read returns whatever its buffer held before. Never set it where the
+	// data matters; no flag of nvmefs mount sets it.
+	BenchmarkDiscardPayload bool
 }
 
 // Kernel defaults (drivers/nvme/host/fabrics.h, nvme.h).
@@ -121,6 +128,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.BenchmarkDiscardPayload && o.Offload != nil {
+		return o, errors.New("host: BenchmarkDiscardPayload is for the software path: not with Offload")
 	}
 	if o.HostNQN == "" || o.HostID == ([16]byte{}) {
 		nqn, id, err := DefaultHostIdentity()

@@ -1,8 +1,14 @@
 package host
 
 import (
+	"errors"
 	"io"
 	"net"
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // rxStream is where a queue's receive loop gets the controller-to-host byte
@@ -28,6 +34,15 @@ type rxStream interface {
 	// the current PDU (every byte of payload and digest since startPDU came
 	// in segments whose CRC the NIC checked).
 	pduVerified() bool
+	// interrupt, from any goroutine, wakes the reader if it waits for
+	// bytes: at the start of a PDU (nothing of it consumed since
+	// startPDU) the read returns errKicked; within one it goes on waiting.
+	interrupt()
+	// buffered reports whether bytes not yet consumed are at hand, and
+	// ready whether there are, or the connection's end is, without waiting
+	// (ready may ask the socket). At a PDU boundary only.
+	buffered() bool
+	ready() bool
 }
 
 var _ rxStream = (*socketStream)(nil)
@@ -40,6 +55,18 @@ type socketStream struct {
 	buf   []byte
 	r, w  int
 	stats *queueStats
+	// atStart: nothing of the current PDU consumed since startPDU.
+	atStart bool
+
+	raw    syscall.RawConn // nil: a connection without a file descriptor
+	peekFn func(fd uintptr) bool
+	peeked bool
+
+	// Benchmark only (discardPayloads): payload is dropped by the kernel.
+	discard  bool
+	dropLeft int   // bytes still to drop
+	dropErr  error // the last drop's error
+	dropFn   func(fd uintptr) bool
 }
 
 // rxBufLen is the header buffer: large enough that a burst of small PDUs
@@ -48,23 +75,72 @@ type socketStream struct {
 const rxBufLen = 32 << 10
 
 func newSocketStream(conn net.Conn, st *queueStats) *socketStream {
-	return &socketStream{conn: conn, buf: make([]byte, rxBufLen), stats: st}
+	s := &socketStream{conn: conn, buf: make([]byte, rxBufLen), stats: st}
+	if sc, ok := conn.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			s.raw = raw
+			s.peekFn = s.peek
+		}
+	}
+	return s
 }
 
-func (s *socketStream) startPDU() {}
+func (s *socketStream) buffered() bool { return s.r < s.w }
+
+func (s *socketStream) ready() bool {
+	if s.r < s.w || s.raw == nil {
+		return s.r < s.w
+	}
+	s.peeked = false
+	if err := s.raw.Read(s.peekFn); err != nil {
+		return true // the read says what it is
+	}
+	return s.peeked
+}
+
+// peek looks, without waiting or consuming, whether the socket has a byte
+// or its end to read.
+func (s *socketStream) peek(fd uintptr) bool {
+	var b [1]byte
+	n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	s.peeked = err != unix.EAGAIN || n > 0
+	return true
+}
+
+func (s *socketStream) startPDU() { s.atStart = true }
 
 func (s *socketStream) pduVerified() bool { return false }
 
+// interrupt wakes a read with a read deadline in the past: the host sets
+// no other read deadline once the queue runs.
+func (s *socketStream) interrupt() { s.conn.SetReadDeadline(time.Unix(1, 0)) }
+
+// read reads into p, waiting for at least one byte. An interrupt at the
+// start of a PDU returns errKicked; within one, the read goes on.
+func (s *socketStream) read(p []byte) (int, error) {
+	for {
+		n, err := s.conn.Read(p)
+		if n > 0 {
+			return n, nil
+		}
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			s.conn.SetReadDeadline(time.Time{})
+			if s.atStart {
+				return 0, errKicked
+			}
+		case err == nil:
+			return 0, io.ErrNoProgress
+		default:
+			return 0, err
+		}
+	}
+}
+
 func (s *socketStream) fill() error {
 	s.r, s.w = 0, 0
-	n, err := s.conn.Read(s.buf)
+	n, err := s.read(s.buf)
 	s.w = n
-	if n > 0 {
-		return nil
-	}
-	if err == nil {
-		err = io.ErrNoProgress
-	}
 	return err
 }
 
@@ -78,21 +154,31 @@ func (s *socketStream) readFull(b []byte) error {
 		n := copy(b, s.buf[s.r:s.w])
 		s.r += n
 		b = b[n:]
+		s.atStart = false
 	}
 	return nil
 }
 
 func (s *socketStream) readPayload(dst []byte) error {
+	s.atStart = false
+	if s.discard {
+		return s.drop(len(dst))
+	}
 	n := copy(dst, s.buf[s.r:s.w])
 	s.r += n
 	s.stats.bytesCopied.Add(uint64(n))
-	if n == len(dst) {
-		return nil
+	direct := 0
+	for n < len(dst) {
+		k, err := s.read(dst[n:])
+		if err != nil {
+			return unexpectedEOF(err)
+		}
+		n += k
+		direct += k
 	}
-	if _, err := io.ReadFull(s.conn, dst[n:]); err != nil {
-		return unexpectedEOF(err)
+	if direct > 0 {
+		s.stats.bytesDirect.Add(uint64(direct))
 	}
-	s.stats.bytesDirect.Add(uint64(len(dst) - n))
 	return nil
 }
 
@@ -106,6 +192,7 @@ func (s *socketStream) skip(n int) error {
 		c := min(n, s.w-s.r)
 		s.r += c
 		n -= c
+		s.atStart = false
 	}
 	return nil
 }
@@ -115,4 +202,54 @@ func unexpectedEOF(err error) error {
 		return io.ErrUnexpectedEOF
 	}
 	return err
+}
+
+// discardPayloads makes readPayload drop payload instead of delivering it
+// (Options.BenchmarkDiscardPayload): what is buffered is skipped, the rest
+// is dropped in the kernel with recv(MSG_TRUNC), which TCP consumes
+// without copying. The upper bound of a receive offload, for benchmarks.
+func (s *socketStream) discardPayloads() error {
+	if s.raw == nil {
+		return errors.New("discarding payload needs a connection with a file descriptor")
+	}
+	s.discard = true
+	s.dropFn = s.dropSome
+	return nil
+}
+
+// drop drops the next n bytes of payload.
+func (s *socketStream) drop(n int) error {
+	c := min(n, s.w-s.r)
+	s.r += c
+	s.dropLeft = n - c
+	for s.dropLeft > 0 {
+		s.dropErr = nil
+		if err := s.raw.Read(s.dropFn); errors.Is(err, os.ErrDeadlineExceeded) {
+			s.conn.SetReadDeadline(time.Time{}) // an interrupt: go on
+			continue
+		} else if err != nil {
+			return unexpectedEOF(err)
+		}
+		if s.dropErr != nil {
+			return unexpectedEOF(s.dropErr)
+		}
+	}
+	s.stats.bytesDiscarded.Add(uint64(n))
+	return nil
+}
+
+// dropSome is one recv(MSG_TRUNC) attempt; false: wait until readable.
+func (s *socketStream) dropSome(fd uintptr) bool {
+	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, 0, uintptr(s.dropLeft), unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
+	switch {
+	case errno == unix.EAGAIN || errno == unix.EINTR:
+		return false
+	case errno != 0:
+		s.dropErr = errno
+	case n == 0:
+		s.dropErr = io.EOF
+	default:
+		s.dropLeft -= int(n)
+	}
+	return true
 }

@@ -25,8 +25,10 @@ type queueStats struct {
 	bytesCopied  atomic.Uint64 // C2HData payload copied from the receive buffer
 	bytesDirect  atomic.Uint64 // C2HData payload read from the socket straight into the request's buffer
 	bytesPlaced  atomic.Uint64 // C2HData payload already placed by an offload (copy skipped)
-	crcSoftware  atomic.Uint64 // PDUs whose data digest the host computed
-	crcOffloaded atomic.Uint64 // PDUs whose data digest an offload verified
+	// C2HData payload dropped unread (Options.BenchmarkDiscardPayload)
+	bytesDiscarded atomic.Uint64
+	crcSoftware    atomic.Uint64 // PDUs whose data digest the host computed
+	crcOffloaded   atomic.Uint64 // PDUs whose data digest an offload verified
 	// DDP offload (offload.go).
 	skAdd          atomic.Uint64 // connections offloaded (sk_add)
 	skAddFail      atomic.Uint64 // sk_add refused: the connection ran in software
@@ -69,8 +71,11 @@ type QueueStats struct {
 	BytesCopied  uint64 // C2HData payload copied from a receive buffer (the host's or, offloaded, the NIC's)
 	BytesDirect  uint64 // C2HData payload read from the socket straight into the request's buffer
 	BytesPlaced  uint64 // C2HData payload the NIC had placed: the copy was skipped
-	CRCSoftware  uint64 // PDUs whose data digest the host computed
-	CRCOffloaded uint64 // PDUs whose data digest the NIC verified (the host skipped it)
+	// BytesDiscarded is C2HData payload dropped unread and unchecked
+	// (Options.BenchmarkDiscardPayload).
+	BytesDiscarded uint64
+	CRCSoftware    uint64 // PDUs whose data digest the host computed
+	CRCOffloaded   uint64 // PDUs whose data digest the NIC verified (the host skipped it)
 	// DDP receive offload.
 	Offloads       uint64 // times the queue's connection was offloaded (sk_add)
 	OffloadFails   uint64 // times sk_add failed and the connection ran in software
@@ -86,20 +91,21 @@ type QueueStats struct {
 
 func (s *queueStats) snapshot(qid int) QueueStats {
 	q := QueueStats{
-		QID:          qid,
-		Commands:     s.commands.Load(),
-		BytesRead:    s.bytesRead.Load(),
-		BytesWritten: s.bytesWritten.Load(),
-		Errors:       s.errors.Load(),
-		Timeouts:     s.timeouts.Load(),
-		DigestErrors: s.digestErrors.Load(),
-		Retries:      s.retries.Load(),
-		Reconnects:   s.reconnects.Load(),
-		BytesCopied:  s.bytesCopied.Load(),
-		BytesDirect:  s.bytesDirect.Load(),
-		BytesPlaced:  s.bytesPlaced.Load(),
-		CRCSoftware:  s.crcSoftware.Load(),
-		CRCOffloaded: s.crcOffloaded.Load(),
+		QID:            qid,
+		Commands:       s.commands.Load(),
+		BytesRead:      s.bytesRead.Load(),
+		BytesWritten:   s.bytesWritten.Load(),
+		Errors:         s.errors.Load(),
+		Timeouts:       s.timeouts.Load(),
+		DigestErrors:   s.digestErrors.Load(),
+		Retries:        s.retries.Load(),
+		Reconnects:     s.reconnects.Load(),
+		BytesCopied:    s.bytesCopied.Load(),
+		BytesDirect:    s.bytesDirect.Load(),
+		BytesPlaced:    s.bytesPlaced.Load(),
+		BytesDiscarded: s.bytesDiscarded.Load(),
+		CRCSoftware:    s.crcSoftware.Load(),
+		CRCOffloaded:   s.crcOffloaded.Load(),
 
 		Offloads:       s.skAdd.Load(),
 		OffloadFails:   s.skAddFail.Load(),
@@ -130,6 +136,7 @@ func (q *QueueStats) add(o *QueueStats) {
 	q.BytesCopied += o.BytesCopied
 	q.BytesDirect += o.BytesDirect
 	q.BytesPlaced += o.BytesPlaced
+	q.BytesDiscarded += o.BytesDiscarded
 	q.CRCSoftware += o.CRCSoftware
 	q.CRCOffloaded += o.CRCOffloaded
 	q.Offloads += o.Offloads
