@@ -32,9 +32,9 @@ func TestSelect(t *testing.T) {
 	for _, m := range Modes {
 		cp, ok := m.Counterpart()
 		switch {
-		case m.Offload && (!ok || cp != map[bool]string{false: "software", true: "software-ddgst"}[m.Digest]):
+		case (m.Offload || m.Discard) && (!ok || cp != map[bool]string{false: "software", true: "software-ddgst"}[m.Digest]):
 			t.Errorf("%s: counterpart %q, %v", m.Name, cp, ok)
-		case !m.Offload && ok:
+		case !m.Offload && !m.Discard && ok:
 			t.Errorf("%s has a counterpart %q", m.Name, cp)
 		}
 	}
@@ -44,6 +44,7 @@ func TestMountChildArgs(t *testing.T) {
 	for _, m := range []MountChild{
 		{Mountpoint: "/tmp/x y", Addr: "127.0.0.1:4420", NQN: NQN, Offload: true, Digest: false, AccountNIC: true},
 		{Mountpoint: "/m", Addr: "127.0.0.1:1", NQN: NQN, Digest: true, CPUProfile: "/tmp/p.pprof"},
+		{Mountpoint: "/m", Addr: "127.0.0.1:1", NQN: NQN, Digest: true, Discard: true},
 	} {
 		got, err := ParseMountChild(m.Args())
 		if err != nil || got != m {
@@ -54,7 +55,9 @@ func TestMountChildArgs(t *testing.T) {
 		{"/x", "a", "n", "offload=true", "ddgst=false"},
 		{"/x", "a", "n", "offload=maybe", "ddgst=false", "accountnic=true"},
 		{"/x", "a", "n", "ddgst=true", "offload=true", "accountnic=true"},
-		{"/x", "a", "n", "offload=true", "ddgst=true", "accountnic=true", "cpuprofile="},
+		{"/x", "a", "n", "offload=true", "ddgst=true", "accountnic=true", "discard=false", "cpuprofile="},
+		{"/x", "a", "n", "offload=true", "ddgst=true", "accountnic=true", "cpuprofile=/p"},
+		{"/x", "a", "n", "offload=true", "ddgst=true", "accountnic=true", "discard=yes"},
 	} {
 		if _, err := ParseMountChild(args); err == nil {
 			t.Errorf("ParseMountChild(%q) accepted", args)
@@ -162,6 +165,8 @@ func sampleReport() *Report {
 			case m.Offload:
 				r.MiBps, r.IOPS, r.HostCPUPerGiB = 150, r.IOPS*1.5, 400
 				r.NICAccounted, r.NICCPUPerGiB = m.AccountNIC, 200
+			case m.Discard:
+				r.MiBps, r.IOPS, r.HostCPUPerGiB = 200, r.IOPS*2, 300
 			}
 			rep.Runs = append(rep.Runs, r)
 		}
@@ -187,7 +192,7 @@ func TestReportRatiosAndTargets(t *testing.T) {
 		value         float64
 	}{
 		"a":  {true, true, 0.4},
-		"b":  {false, false, 0},
+		"b":  {true, false, 0.5 / 1.0},
 		"c1": {true, false, 150.0 / 400},
 		"c2": {true, true, 1.5 / 4},
 		"d":  {true, false, 200.0 / 60},
@@ -356,5 +361,27 @@ func TestNullFS(t *testing.T) {
 		if !bytes.Equal(buf[:n], make([]byte, n)) {
 			t.Errorf("read %d at %d: not zeros", c.n, c.off)
 		}
+	}
+}
+
+// median takes each figure's median on its own, and the counters of the
+// round with the median throughput; with an even count, the mean of the
+// middle two.
+func TestMedian(t *testing.T) {
+	runs := []Result{
+		{Job: "4k-qd1", Mode: "software", Round: 1, MiBps: 1, IOPS: 256, P50Micro: 5, HostCPUPerGiB: 30, Counters: map[string]uint64{"fuse_reads": 1}},
+		{Job: "4k-qd1", Mode: "software", Round: 2, MiBps: 3, IOPS: 768, P50Micro: 1, HostCPUPerGiB: 10, Counters: map[string]uint64{"fuse_reads": 3}},
+		{Job: "4k-qd1", Mode: "software", Round: 3, MiBps: 2, IOPS: 512, P50Micro: 9, HostCPUPerGiB: 20, Counters: map[string]uint64{"fuse_reads": 2}},
+	}
+	m := median(runs)
+	if m.MiBps != 2 || m.IOPS != 512 || m.P50Micro != 5 || m.HostCPUPerGiB != 20 || m.Counters["fuse_reads"] != 2 || m.Rounds != 3 || m.Round != 0 || m.Job != "4k-qd1" {
+		t.Errorf("median of 3: %+v", m)
+	}
+	m = median(runs[:2])
+	if m.MiBps != 2 || m.P50Micro != 3 || m.HostCPUPerGiB != 20 || m.Rounds != 2 {
+		t.Errorf("median of 2: %+v", m)
+	}
+	if runs[0].P50Micro != 5 || runs[1].MiBps != 3 {
+		t.Error("median changed its input")
 	}
 }

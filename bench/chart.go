@@ -42,6 +42,7 @@ var modeStyles = map[string]modeStyle{
 	"software-ddgst": {rgb(25, 55, 115), rgb(125, 150, 205), "sw+dd"},
 	"offload-plain":  {rgb(245, 190, 40), rgb(250, 225, 150), "plain"},
 	"offload-ddgst":  {rgb(165, 65, 0), rgb(225, 160, 110), "off+dd"},
+	"skip-ddgst":     {rgb(120, 120, 120), rgb(200, 200, 200), "skip"},
 	"null":           {rgb(60, 160, 60), rgb(160, 215, 160), "null"},
 }
 

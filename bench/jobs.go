@@ -35,6 +35,11 @@ type Mode struct {
 	// apart (a mount child of the benchmark). Otherwise the mount is
 	// `nvmefs mount` itself, and all of its CPU time counts as the host's.
 	AccountNIC bool
+	// Discard: the software host skips the copy and the CRC altogether
+	// (host.Options.BenchmarkDiscardPayload: the kernel drops the payload):
+	// the upper bound of what a receive offload can gain, for issue 6's
+	// target (b). Benchmark only: a mount child; fio reads garbage.
+	Discard bool
 }
 
 // Modes are the ways every job is read, in the order they run.
@@ -47,22 +52,26 @@ var Modes = []Mode{
 	{Name: "offload-plain", Title: "offload plain", Offload: true},
 	{Name: "software-ddgst", Title: "software +ddgst", Offload: false, Digest: true},
 	{Name: "offload-ddgst", Title: "offload +ddgst", Offload: true, Digest: true, AccountNIC: true},
+	{Name: "skip-ddgst", Title: "skip +ddgst", Digest: true, Discard: true},
 	{Name: "null", Title: "null FUSE", Null: true},
 }
 
-// Counterpart is the mode a mode is compared with: software for offload
-// (same digest), and ok false for the rest.
+// Counterpart is the mode a mode is compared with: software with the same
+// digest setting for offload and skip, and ok false for the rest.
 func (m Mode) Counterpart() (string, bool) {
-	if m.Null || !m.Offload {
+	if m.Null || !m.Offload && !m.Discard {
 		return "", false
 	}
 	for _, o := range Modes {
-		if !o.Null && !o.Offload && o.Digest == m.Digest {
+		if o.IsSoftware() && o.Digest == m.Digest {
 			return o.Name, true
 		}
 	}
 	return "", false
 }
+
+// IsSoftware: a mount that receives, copies and checks in software.
+func (m Mode) IsSoftware() bool { return !m.Null && !m.Offload && !m.Discard }
 
 // SelectJobs returns the jobs named in a comma-separated list, in the
 // standard order; "" or "all" selects every job.

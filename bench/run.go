@@ -56,12 +56,15 @@ type Config struct {
 	// life (mount-MODE.pprof); every mount is then a child of the
 	// benchmark, the mount's own code with a profiler.
 	CPUProfileDir string
+	// Rounds is how often each job runs in every mode, the modes in turn
+	// (at least 1): the report gives each figure's median over them.
+	Rounds int
 }
 
 // Estimate is about how long a run with cfg takes.
 func (cfg *Config) Estimate() time.Duration {
 	per := max(cfg.Runtime.Round(time.Second), time.Second) + 500*time.Millisecond
-	return time.Duration(len(cfg.Jobs)*len(cfg.Modes))*per + 5*time.Second + time.Duration(len(cfg.Modes))*time.Second
+	return time.Duration(len(cfg.Jobs)*len(cfg.Modes)*max(cfg.Rounds, 1))*per + 5*time.Second + time.Duration(len(cfg.Modes))*time.Second
 }
 
 // The children's command lines. A child prints a ready line when it
@@ -93,15 +96,32 @@ type MountChild struct {
 	// AccountNIC puts the NIC's engines on locked threads whose CPU
 	// time the stats file reports.
 	AccountNIC bool
+	// Discard has the host drop the payload unread and unchecked
+	// (host.Options.BenchmarkDiscardPayload).
+	Discard bool
 	// CPUProfile, if set, is where the child writes its CPU profile at
 	// exit.
 	CPUProfile string
 }
 
+// mountChildBools are a mount child's switches, in their order on the
+// command line.
+func (m *MountChild) bools() []struct {
+	key string
+	v   *bool
+} {
+	return []struct {
+		key string
+		v   *bool
+	}{{"offload", &m.Offload}, {"ddgst", &m.Digest}, {"accountnic", &m.AccountNIC}, {"discard", &m.Discard}}
+}
+
 // Args are the arguments after `nvmefs bench --child mount`.
 func (m MountChild) Args() []string {
-	args := []string{m.Mountpoint, m.Addr, m.NQN, "offload=" + strconv.FormatBool(m.Offload), "ddgst=" + strconv.FormatBool(m.Digest),
-		"accountnic=" + strconv.FormatBool(m.AccountNIC)}
+	args := []string{m.Mountpoint, m.Addr, m.NQN}
+	for _, b := range m.bools() {
+		args = append(args, b.key+"="+strconv.FormatBool(*b.v))
+	}
 	if m.CPUProfile != "" {
 		args = append(args, "cpuprofile="+m.CPUProfile)
 	}
@@ -110,21 +130,28 @@ func (m MountChild) Args() []string {
 
 // ParseMountChild reads the arguments Args wrote.
 func ParseMountChild(args []string) (MountChild, error) {
-	if len(args) != 6 && len(args) != 7 {
-		return MountChild{}, fmt.Errorf("mount child: want MOUNTPOINT ADDR NQN offload=BOOL ddgst=BOOL accountnic=BOOL [cpuprofile=PATH], got %q", args)
+	var m MountChild
+	bools := m.bools()
+	if n := 3 + len(bools); len(args) != n && len(args) != n+1 {
+		return MountChild{}, fmt.Errorf("mount child: want MOUNTPOINT ADDR NQN offload=BOOL ddgst=BOOL accountnic=BOOL discard=BOOL [cpuprofile=PATH], got %q", args)
 	}
-	m := MountChild{Mountpoint: args[0], Addr: args[1], NQN: args[2]}
-	var err1, err2, err3, err4 error
-	m.Offload, err1 = parseKeyBool(args[3], "offload")
-	m.Digest, err2 = parseKeyBool(args[4], "ddgst")
-	m.AccountNIC, err3 = parseKeyBool(args[5], "accountnic")
-	if len(args) == 7 {
+	m.Mountpoint, m.Addr, m.NQN = args[0], args[1], args[2]
+	var errs []error
+	for i, b := range bools {
+		var err error
+		*b.v, err = parseKeyBool(args[3+i], b.key)
+		errs = append(errs, err)
+	}
+	if rest := args[3+len(bools):]; len(rest) == 1 {
 		var ok bool
-		if m.CPUProfile, ok = strings.CutPrefix(args[6], "cpuprofile="); !ok || m.CPUProfile == "" {
-			err4 = fmt.Errorf("want cpuprofile=PATH, got %q", args[6])
+		if m.CPUProfile, ok = strings.CutPrefix(rest[0], "cpuprofile="); !ok || m.CPUProfile == "" {
+			errs = append(errs, fmt.Errorf("want cpuprofile=PATH, got %q", rest[0]))
 		}
 	}
-	return m, errors.Join(err1, err2, err3, err4)
+	if err := errors.Join(errs...); err != nil {
+		return MountChild{}, err
+	}
+	return m, nil
 }
 
 func parseKeyBool(s, key string) (bool, error) {
@@ -146,6 +173,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		cfg.RTTSamples = DefaultRTTSamples
 	}
 	cfg.Runtime = max(cfg.Runtime.Round(time.Second), time.Second)
+	cfg.Rounds = max(cfg.Rounds, 1)
 	if len(cfg.Jobs) == 0 || len(cfg.Modes) == 0 {
 		return nil, errors.New("no jobs or no modes to run")
 	}
@@ -163,13 +191,14 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		Command:        cfg.Command,
 		Machine:        thisMachine(),
 		RuntimeSeconds: cfg.Runtime.Seconds(),
+		Rounds:         cfg.Rounds,
 		NamespaceBytes: cfg.Size,
 		LoadBefore:     loadAvg(),
 		FioVersion:     fioVersion(cfg.Fio),
 	}
 	r.say("machine: %s; load average %s", rep.Machine, rep.LoadBefore)
-	r.say("%d jobs x %d modes, %v each: about %v; work directory %s",
-		len(cfg.Jobs), len(cfg.Modes), cfg.Runtime, cfg.Estimate().Round(time.Second), cfg.Dir)
+	r.say("%d jobs x %d modes x %d rounds, %v each: about %v; work directory %s",
+		len(cfg.Jobs), len(cfg.Modes), cfg.Rounds, cfg.Runtime, cfg.Estimate().Round(time.Second), cfg.Dir)
 
 	// The round trip, before the jobs and after them: on a virtual
 	// machine an idle one is slower (its vCPUs halt between the
@@ -186,16 +215,32 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	if err := r.fill(ctx); err != nil {
 		return nil, err
 	}
-	total, n := len(cfg.Jobs)*len(cfg.Modes), 0
+	total, n := len(cfg.Jobs)*len(cfg.Modes)*cfg.Rounds, 0
 	for _, j := range cfg.Jobs {
-		for _, m := range cfg.Modes {
-			n++
-			run, err := r.measure(ctx, j, m)
-			if err != nil {
-				return nil, fmt.Errorf("%s, %s: %w", j.Title, m.Title, err)
+		// The modes in turn, round after round: each mode's runs are
+		// spread over the job's time, so that a slow spell of the
+		// machine weighs on every mode alike.
+		first := len(rep.RoundRuns)
+		for round := 1; round <= cfg.Rounds; round++ {
+			for _, m := range cfg.Modes {
+				n++
+				run, err := r.measure(ctx, j, m)
+				if err != nil {
+					return nil, fmt.Errorf("%s, %s: %w", j.Title, m.Title, err)
+				}
+				run.Round = round
+				rep.RoundRuns = append(rep.RoundRuns, run)
+				r.say("[%*d/%d] %-18s %-15s %s", len(strconv.Itoa(total)), n, total, j.Title, m.Title, run.summary())
 			}
-			rep.Runs = append(rep.Runs, run)
-			r.say("[%*d/%d] %-18s %-15s %s", len(strconv.Itoa(total)), n, total, j.Title, m.Title, run.summary())
+		}
+		for _, m := range cfg.Modes {
+			var runs []Result
+			for _, run := range rep.RoundRuns[first:] {
+				if run.Mode == m.Name {
+					runs = append(runs, run)
+				}
+			}
+			rep.Runs = append(rep.Runs, median(runs))
 		}
 	}
 	if err := r.measureRTT(ctx, rep); err != nil {
@@ -321,8 +366,8 @@ func (r *runner) startAll(ctx context.Context) error {
 		if m.Null {
 			args = []string{"bench", "--" + ChildFlag + "=" + ChildNull, dir, strconv.FormatInt(r.cfg.Size, 10)}
 			file = filepath.Join(dir, NullFile)
-		} else if m.AccountNIC || r.cfg.CPUProfileDir != "" {
-			mc := MountChild{Mountpoint: dir, Addr: r.addr, NQN: NQN, Offload: m.Offload, Digest: m.Digest, AccountNIC: m.AccountNIC}
+		} else if m.AccountNIC || m.Discard || r.cfg.CPUProfileDir != "" {
+			mc := MountChild{Mountpoint: dir, Addr: r.addr, NQN: NQN, Offload: m.Offload, Digest: m.Digest, AccountNIC: m.AccountNIC, Discard: m.Discard}
 			if r.cfg.CPUProfileDir != "" {
 				mc.CPUProfile = filepath.Join(r.cfg.CPUProfileDir, "mount-"+m.Name+".pprof")
 			}
@@ -473,6 +518,7 @@ var recordedCounters = []string{
 	"nvme0_commands",
 	"nvme0_rx_bytes_copied",
 	"nvme0_rx_bytes_direct",
+	"nvme0_rx_bytes_discarded",
 	"nvme0_rx_bytes_placed",
 	"nvme0_rx_crc_software",
 	"nvme0_rx_crc_offloaded",

@@ -28,7 +28,7 @@ func init() { commands = append(commands, benchCommand) }
 
 var benchCommand = &command{
 	name:    "bench",
-	args:    "[--runtime DURATION] [--jobs LIST] [--modes LIST] [--out DIR] [flags]",
+	args:    "[--runtime DURATION] [--rounds N] [--jobs LIST] [--modes LIST] [--out DIR] [flags]",
 	summary: "measure reads through a mount with fio: offload vs software vs the FUSE ceiling",
 	details: `
 Starts a target (nvmefs serve, one memory namespace of --size, filled with data
@@ -36,25 +36,30 @@ first) and one mount per mode, each its own process, and runs fio against the
 namespace file: random reads of 4 KiB at queue depth 1 and 32, of 128 KiB at
 depth 16, and sequential 1 MiB reads (--jobs 4k-qd1,4k-qd32,128k-qd16,1m-seq),
 each through a mount with the receive offload on and off, data digest on and
-off, and through a null FUSE file system with the same mount options, which
-serves zeros with no network and no copy: the FUSE ceiling of the machine
-(--modes software,offload,software-ddgst,offload-ddgst,null).
+off; through a host that skips the copy and the CRC altogether (skip-ddgst: the
+upper bound of what an offload can gain; benchmark only, it reads garbage); and
+through a null FUSE file system with the same mount options, which serves
+zeros with no network and no copy: the FUSE ceiling of the machine (--modes
+software,offload,offload-plain,software-ddgst,offload-ddgst,skip-ddgst,null).
+Each job runs --rounds times in every mode, the modes in turn.
 
-It prints a progress line per job, then one table: IOPS, MiB/s, fio's
-completion latency p50/p99, and CPU time per GiB read split into the host's
-part (the mount process's utime+stime from /proc, minus the NIC's) and the
-simulated NIC's (its receive engines' thread CPU time), with the ratios
-offload/software and mount/null FUSE, and issue 6's targets. --out gets
-results.json, table.txt and bench.png (throughput and CPU per GiB per job).
+It prints a progress line per run, then one table of medians over the rounds:
+IOPS, MiB/s, fio's latency p50/p99, and CPU time per GiB read split into the
+host's part (the mount process's utime+stime from /proc, minus the NIC's) and
+the simulated NIC's (its receive engines' thread CPU time), with the ratios
+to software (same digest setting) and to the null FUSE file system, and issue
+6's targets. --out gets results.json (every run too), table.txt and bench.png
+(throughput and CPU per GiB per job).
 
 Needs root, /dev/fuse and fio (installed with apt-get when missing). Nothing
 else should run meanwhile: the load average is recorded with the results.
-The whole run takes about (jobs x modes) x (--runtime + 0.5 s) + 10 s.`,
+The whole run takes about (jobs x modes x rounds) x (--runtime + 0.5 s) + 10 s.`,
 	setup: func(fs *pflag.FlagSet) func(*env, []string) error {
-		o := &benchOptions{runtime: 8 * time.Second, size: "512M"}
-		fs.DurationVar(&o.runtime, "runtime", o.runtime, "each fio job's `DURATION` (whole seconds)")
+		o := &benchOptions{runtime: 3 * time.Second, rounds: 3, size: "512M"}
+		fs.DurationVar(&o.runtime, "runtime", o.runtime, "each fio run's `DURATION` (whole seconds)")
+		fs.IntVar(&o.rounds, "rounds", o.rounds, "runs of each job in every mode, the modes in turn: the table has the medians")
 		fs.StringVar(&o.jobs, "jobs", "all", "fio jobs to run, comma-separated: 4k-qd1, 4k-qd32, 128k-qd16, 1m-seq")
-		fs.StringVar(&o.modes, "modes", "all", "ways to read, comma-separated: software, offload, offload-plain, software-ddgst, offload-ddgst, null")
+		fs.StringVar(&o.modes, "modes", "all", "ways to read, comma-separated: software, offload, offload-plain, software-ddgst, offload-ddgst, skip-ddgst, null")
 		fs.StringVar(&o.size, "size", o.size, "namespace `SIZE` (and the null file's)")
 		fs.StringVar(&o.out, "out", "", "`DIR` for results.json, table.txt and bench.png (default: a new directory in $TMPDIR)")
 		fs.StringVar(&o.fio, "fio", "", "fio binary `PATH` (default: fio from $PATH, installed with apt-get when missing)")
@@ -79,6 +84,7 @@ The whole run takes about (jobs x modes) x (--runtime + 0.5 s) + 10 s.`,
 
 type benchOptions struct {
 	runtime           time.Duration
+	rounds            int
 	jobs, modes, size string
 	out, fio, child   string
 	cpuprofile        string
@@ -102,6 +108,9 @@ func runBench(e *env, o *benchOptions, args []string) error {
 	}
 	if o.runtime < time.Second {
 		return usagef("--runtime %v: want at least 1s", o.runtime)
+	}
+	if o.rounds < 1 || o.rounds > 99 {
+		return usagef("--rounds %d: want 1 to 99", o.rounds)
 	}
 	if err := checkFUSE(); err != nil {
 		return err
@@ -139,7 +148,7 @@ func runBench(e *env, o *benchOptions, args []string) error {
 	rep, err := bench.Run(ctx, bench.Config{
 		Exe: exe, Fio: fio, Runtime: o.runtime, Size: size, Jobs: jobs, Modes: modes,
 		Dir: work, Progress: e.stderr, Command: append([]string{"nvmefs"}, os.Args[1:]...),
-		CPUProfileDir: o.cpuprofile,
+		CPUProfileDir: o.cpuprofile, Rounds: o.rounds,
 	})
 	if err != nil {
 		return fmt.Errorf("%w (the children's logs are in %s)", err, work)
@@ -238,6 +247,7 @@ func benchMountChild(e *env, args []string) error {
 		ioTimeout:      host.DefaultIOTimeout,
 		dataDigest:     mc.Digest,
 		offload:        mc.Offload,
+		discardPayload: mc.Discard,
 		nicMTU:         mlx5sim.DefaultMTU,
 		nicSeed:        1,
 	}

@@ -27,7 +27,7 @@ func TestBenchEndToEnd(t *testing.T) {
 	out := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, nvmefsBin, "bench", "--runtime", "1s", "--jobs", "4k-qd1,128k-qd16", "--size", "32M", "--out", out)
+	cmd := exec.CommandContext(ctx, nvmefsBin, "bench", "--runtime", "1s", "--rounds", "2", "--jobs", "4k-qd1,128k-qd16", "--size", "32M", "--out", out)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 40 * time.Second
 	var stdout, stderr bytes.Buffer
@@ -80,8 +80,13 @@ func TestBenchEndToEnd(t *testing.T) {
 	if err := json.Unmarshal(b, &rep); err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Runs) != 2*len(bench.Modes) {
-		t.Fatalf("%d results, want %d", len(rep.Runs), 2*len(bench.Modes))
+	if len(rep.Runs) != 2*len(bench.Modes) || len(rep.RoundRuns) != 2*len(rep.Runs) || rep.Rounds != 2 {
+		t.Fatalf("%d results of %d runs (%d rounds), want %d of %d", len(rep.Runs), len(rep.RoundRuns), rep.Rounds, 2*len(bench.Modes), 4*len(bench.Modes))
+	}
+	for _, r := range rep.RoundRuns {
+		if r.Round < 1 || r.Round > 2 || r.Rounds != 0 {
+			t.Errorf("%s/%s: round %d of %d", r.Job, r.Mode, r.Round, r.Rounds)
+		}
 	}
 	for _, r := range rep.Runs {
 		name := r.Job + "/" + r.Mode
@@ -111,17 +116,22 @@ func TestBenchEndToEnd(t *testing.T) {
 			t.Errorf("%s: NIC accounted %v, %v s", name, r.NICAccounted, r.NICCPUSeconds)
 		}
 		placed, crcOff, crcSW := c["nvme0_rx_bytes_placed"], c["nvme0_rx_crc_offloaded"], c["nvme0_rx_crc_software"]
+		discarded, received := c["nvme0_rx_bytes_discarded"], c["nvme0_rx_bytes_copied"]+c["nvme0_rx_bytes_direct"]+c["nvme0_rx_bytes_placed"]
 		switch {
+		case mode.Discard && (discarded < r.Bytes || received != 0 || crcSW+crcOff != 0):
+			t.Errorf("%s: skip mode discarded %d of %d bytes, received %d, checked %d digests", name, discarded, r.Bytes, received, crcSW+crcOff)
+		case !mode.Discard && (discarded != 0 || received < r.Bytes):
+			t.Errorf("%s: %d bytes discarded, %d received of %d read", name, discarded, received, r.Bytes)
 		case !mode.Offload && (placed != 0 || crcOff != 0):
 			t.Errorf("%s: software mode with %d bytes placed, %d CRCs offloaded", name, placed, crcOff)
 		case mode.Offload && r.BlockSize >= 128<<10 && placed < r.Bytes/2:
 			t.Errorf("%s: only %d of %d bytes placed by the NIC", name, placed, r.Bytes)
 		case mode.Offload && mode.Digest && crcOff == 0:
 			t.Errorf("%s: no data digest checked by the NIC", name)
-		case !mode.Offload && mode.Digest && crcSW == 0:
+		case mode.IsSoftware() && mode.Digest && crcSW == 0:
 			t.Errorf("%s: no data digest checked in software", name)
 		}
-		if mode.Offload && r.VsSoftwareMiBps == nil || r.VsNullMiBps == nil {
+		if (mode.Offload || mode.Discard) && r.VsSoftwareMiBps == nil || r.VsNullMiBps == nil {
 			t.Errorf("%s: ratios missing: %+v", name, r)
 		}
 	}
@@ -165,7 +175,8 @@ func TestBenchUsageErrors(t *testing.T) {
 		{[]string{"bench", "extra"}, "no arguments expected"},
 		{[]string{"bench", "--child", "nonsense"}, `unknown --child "nonsense"`},
 		{[]string{"bench", "--child", "mount", "/x"}, "mount child: want"},
-		{[]string{"bench", "--child", "mount", "/x", "a", "n", "offload=1", "ddgst=0", "accountnic=x"}, "accountnic"},
+		{[]string{"bench", "--child", "mount", "/x", "a", "n", "offload=1", "ddgst=0", "accountnic=x", "discard=0"}, "accountnic"},
+		{[]string{"bench", "--rounds", "0"}, "--rounds 0"},
 	} {
 		var so, se bytes.Buffer
 		if code := run(c.args, &env{stdout: &so, stderr: &se}); code != 2 || !strings.Contains(se.String(), c.want) {

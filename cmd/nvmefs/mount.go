@@ -146,6 +146,10 @@ type mountOptions struct {
 	nicTeardownDelay      time.Duration
 	nicSeed               uint64
 	nicSet                bool // a --nic-* flag was given
+
+	// discardPayload: host.Options.BenchmarkDiscardPayload, for nvmefs
+	// bench's mount child only (no flag sets it).
+	discardPayload bool
 }
 
 func (o *mountOptions) validate(args []string) (mountpoint string, size int64, err error) {
@@ -246,6 +250,8 @@ func (o *mountOptions) hostOptions(logger *slog.Logger) host.Options {
 		KeepAliveTmo:   o.keepAliveTmo,
 		IOTimeout:      o.ioTimeout,
 		Logger:         logger,
+
+		BenchmarkDiscardPayload: o.discardPayload,
 	}
 }
 
