@@ -71,7 +71,7 @@ func (h *benchHost) TeardownDone(io *ddp.IO) {
 
 func benchRecv(b *testing.B, mode string, size, qd, mtu int) {
 	oc := wire.OffloadConfig{DataDigest: true, QueueSize: qd}
-	dev, err := New(Config{MTU: mtu, AccountCPU: true})
+	dev, err := newDev(Config{MTU: mtu, AccountCPU: true})
 	if err != nil {
 		b.Fatal(err)
 	}

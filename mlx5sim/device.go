@@ -61,10 +61,18 @@ type Config struct {
 	// reproducible: a socket's choices depend only on the seed, the order
 	// of SkAdd and its own traffic.
 	Seed uint64
-	// AccountCPU locks each receive engine to an OS thread and counts that
-	// thread's CPU time (sim_engine_cpu_ns): the NIC's own work, apart
-	// from the host's.
+	// AccountCPU counts the receive engines' CPU time (sim_engine_cpu_ns):
+	// the NIC's own work, apart from the host's. An engine goroutine is
+	// locked to an OS thread whose CPU time is read; an inline engine's
+	// thread CPU time is read around each of its steps (two system calls
+	// a step, counted as the NIC's).
 	AccountCPU bool
+	// Inline runs each socket's receive engine in the goroutine that calls
+	// Recv, when it needs segments (as NAPI busy polling runs a driver's
+	// poll in the reader's context), instead of a goroutine of its own
+	// that runs up to four batches ahead: no hand-off between goroutines
+	// per batch. The engine then reads the socket only when the ULP asks.
+	Inline bool
 
 	// Faults at start; each can be changed at run time with its setter.
 	LossRate      float64       // fraction of packets the tracker loses

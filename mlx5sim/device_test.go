@@ -56,7 +56,7 @@ type otherConfig struct{}
 func (otherConfig) Protocol() string { return "iscsi" }
 
 func TestNewDefaults(t *testing.T) {
-	d, err := New(Config{})
+	d, err := newDev(Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func TestNewDefaults(t *testing.T) {
 	if err := d.SetCapabilities(ddp.CapRxCRC | 4); !errors.Is(err, ddp.ErrNotSupported) {
 		t.Errorf("unsupported capability: %v", err)
 	}
-	d2, _ := New(Config{Capabilities: ddp.CapRxCRC})
+	d2, _ := newDev(Config{Capabilities: ddp.CapRxCRC})
 	if err := d2.SetCapabilities(ddp.CapPlacement); !errors.Is(err, ddp.ErrNotSupported) {
 		t.Errorf("capability the device lacks: %v", err)
 	}
@@ -90,7 +90,7 @@ func TestNewDefaults(t *testing.T) {
 
 // TestStatsNames: the driver's counters come first, in its order.
 func TestStatsNames(t *testing.T) {
-	d, _ := New(Config{})
+	d, _ := newDev(Config{})
 	want := []string{"rx_nvmeotcp_sk_add", "rx_nvmeotcp_sk_add_fail", "rx_nvmeotcp_sk_del", "rx_nvmeotcp_ddp_setup",
 		"rx_nvmeotcp_ddp_setup_fail", "rx_nvmeotcp_ddp_teardown", "rx_nvmeotcp_drop", "rx_nvmeotcp_resync",
 		"rx_nvmeotcp_offload_packets", "rx_nvmeotcp_offload_bytes", "rx_nvmeotcp_packets", "rx_nvmeotcp_bytes"}
@@ -111,7 +111,7 @@ func TestStatsNames(t *testing.T) {
 // TestSkAddErrors: SkAdd refuses what it cannot offload and leaves the
 // connection to the caller, counting each failure.
 func TestSkAddErrors(t *testing.T) {
-	d, _ := New(Config{})
+	d, _ := newDev(Config{})
 	hc, tc := tcpPair(t)
 	ulp := newDoneRecorder()
 	good := wire.OffloadConfig{QueueSize: 8}
@@ -171,7 +171,7 @@ func TestSkAddErrors(t *testing.T) {
 // TestSetupErrors: the table's bounds, busy tags, MaxSGL and malformed
 // lists; the full tag range when the device has it.
 func TestSetupErrors(t *testing.T) {
-	d, _ := New(Config{MaxSGL: 4})
+	d, _ := newDev(Config{MaxSGL: 4})
 	hc, _ := tcpPair(t)
 	ulp := newDoneRecorder()
 	s, err := d.SkAdd(hc, wire.OffloadConfig{QueueSize: 4}, ulp)
@@ -215,7 +215,7 @@ func TestSetupErrors(t *testing.T) {
 		t.Errorf("setup %d, fail %d", d.Stat("rx_nvmeotcp_ddp_setup"), d.Stat("rx_nvmeotcp_ddp_setup_fail"))
 	}
 
-	full, _ := New(Config{FullTagRange: true})
+	full, _ := newDev(Config{FullTagRange: true})
 	hc2, _ := tcpPair(t)
 	s2, err := full.SkAdd(hc2, wire.OffloadConfig{}, ulp)
 	if err != nil {
@@ -244,7 +244,7 @@ func waitFor(t *testing.T, cond func() bool) {
 func TestCloseTearsDown(t *testing.T) {
 	base := runtime.NumGoroutine()
 	func() {
-		d, _ := New(Config{TeardownDelay: time.Hour})
+		d, _ := newDev(Config{TeardownDelay: time.Hour})
 		hc, tc := tcpPair(t)
 		ulp := newDoneRecorder()
 		s, err := d.SkAdd(hc, wire.OffloadConfig{QueueSize: 8}, ulp)
@@ -319,7 +319,7 @@ func TestCloseTearsDown(t *testing.T) {
 func TestDownUp(t *testing.T) {
 	base := runtime.NumGoroutine()
 	func() {
-		d, _ := New(Config{})
+		d, _ := newDev(Config{})
 		hc, tc := tcpPair(t)
 		ulp := newDoneRecorder()
 		oc := wire.OffloadConfig{DataDigest: true, QueueSize: 4}
@@ -399,7 +399,7 @@ func TestDownUp(t *testing.T) {
 // mapping's TeardownDone comes from within Teardown; with a delay, later,
 // from the completion goroutine, never before the delay.
 func TestTeardownDoneTiming(t *testing.T) {
-	d, _ := New(Config{})
+	d, _ := newDev(Config{})
 	hc, _ := tcpPair(t)
 	ulp := newDoneRecorder()
 	s, err := d.SkAdd(hc, wire.OffloadConfig{QueueSize: 4}, ulp)
@@ -439,7 +439,7 @@ func TestTeardownDoneTiming(t *testing.T) {
 // and changes nothing of the stream: what arrives after comes whole, and a
 // batch already at hand comes before a pending interrupt is looked at.
 func TestInterrupt(t *testing.T) {
-	d, _ := New(Config{})
+	d, _ := newDev(Config{})
 	hc, tc := tcpPair(t)
 	s, err := d.SkAdd(hc, wire.OffloadConfig{QueueSize: 4}, newDoneRecorder())
 	if err != nil {

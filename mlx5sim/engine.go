@@ -4,8 +4,10 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"os"
 	"runtime"
 	"syscall"
+	"time"
 
 	"github.com/nvmefs/nvmefs/ddp"
 	"golang.org/x/sys/unix"
@@ -66,6 +68,7 @@ type engine struct {
 	lastOffPkt                         uint64 // packet index + 1 of the last packet with placed bytes
 	handoffs                           uint64
 	cpuStart                           int64
+	cpuMark                            int64 // inline: thread CPU time at the read's last attempt
 }
 
 func newEngine(s *socket, rng *rand.Rand) *engine {
@@ -128,85 +131,134 @@ func (e *engine) loop(bp **batch) error {
 			b.used, b.segs = 0, b.segs[:0]
 			*bp = b
 		}
-		block := len(b.segs) == 0
-		e.t.caps = s.d.caps()
-		pe, gen, moff, want := e.t.plan()
-		tail := 0
-		switch {
-		case pe == nil:
-			want = min(want, bounceSize)
-		case want <= maxRead-ddp.PageSize:
-			// The read reaches the payload's end: the digest and the
-			// next header (never placed) may come in the same system
-			// call, into the receive buffer.
-			tail = min(e.t.trailer(), len(b.buf)-b.used)
-		default:
-			want = min(want, maxRead)
-		}
-		lost, n := e.packets(want + tail)
-		var got int
-		var err error
-		if pe != nil && !lost {
-			tail = max(n-want, 0) // less if a lost packet comes first
-			n -= tail
-			bufs, ok := s.pieces(pe, gen, moff, n, e.iov[:0])
-			if !ok {
-				e.t.dropPlace() // torn down: the rest goes unplaced
-				continue
-			}
-			var tb []byte
-			if tail > 0 && iovLen(bufs) < n {
-				tail = 0 // more pieces than a read takes: the payload goes on
-			}
-			if tail > 0 {
-				tb = b.buf[b.used : b.used+tail]
-				bufs = append(bufs, tb)
-			}
-			got, err = e.read(bufs, block, pe, gen)
-			if err == errStale {
-				e.t.dropPlace()
-				continue
-			}
-			for _, p := range bufs[:len(bufs)-min(tail, 1)] {
-				if got == 0 {
-					break
-				}
-				k := min(got, len(p))
-				e.consume(b, p[:k], true, false)
-				got -= k
-			}
-			if got > 0 {
-				b.used += got
-				e.consume(b, tb[:got], false, false)
-			}
-		} else {
-			room := len(b.buf) - b.used
-			if room < min(n, minBounce) {
-				e.handoff(b)
-				*bp = nil
-				continue
-			}
-			dst := b.buf[b.used : b.used+min(n, room)]
-			e.one[0] = dst
-			got, err = e.read(e.one[:], block, nil, 0)
-			if got > 0 {
-				b.used += got
-				e.consume(b, dst[:got], false, lost)
-			}
-		}
-		switch {
-		case err == errWouldBlock:
-			e.handoff(b)
-			*bp = nil
-		case err != nil:
+		full, err := e.step(b)
+		if err != nil {
 			return err
-		case e.raw == nil || len(b.segs) >= maxBatchSeg:
-			// Without a non-blocking read, hand off after each read: the
-			// next one may wait for bytes that never come.
+		}
+		if full {
 			e.handoff(b)
 			*bp = nil
 		}
 	}
+}
+
+// next is the engine run by the Recv that needs segments (Config.Inline):
+// it fills b, reset, as the engine's goroutine fills a batch before a
+// handoff, and returns errInterrupted when an Interrupt woke it while it
+// waited for the socket. With an error that ends the stream, b may hold
+// the segments before it.
+func (e *engine) next(b *batch) error {
+	s := e.s
+	b.used, b.segs = 0, b.segs[:0]
+	for {
+		select {
+		case <-s.quit:
+			return s.stopErr
+		default:
+		}
+		var t0 int64
+		if s.d.cfg.AccountCPU {
+			t0 = threadCPU()
+			e.cpuMark = 0
+		}
+		full, err := e.step(b)
+		if s.d.cfg.AccountCPU {
+			// Only the work: if the read waited, the goroutine may have
+			// gone on on another thread, so count from its last attempt.
+			if e.cpuMark != 0 {
+				t0 = e.cpuMark
+			}
+			s.d.stats.add(statEngineCPU, uint64(max(threadCPU()-t0, 0)))
+		}
+		if err != nil {
+			e.flush(false)
+			return err
+		}
+		if full && len(b.segs) > 0 {
+			e.handoffs++
+			e.flush(false)
+			return nil
+		}
+	}
+}
+
+// step reads once (or decides not to) and cuts what came into b's
+// segments. full: b should be handed over now (the socket has nothing more
+// at once, or b is full).
+func (e *engine) step(b *batch) (full bool, err error) {
+	s := e.s
+	block := len(b.segs) == 0
+	e.t.caps = s.d.caps()
+	pe, gen, moff, want := e.t.plan()
+	tail := 0
+	switch {
+	case pe == nil:
+		want = min(want, bounceSize)
+	case want <= maxRead-ddp.PageSize:
+		// The read reaches the payload's end: the digest and the
+		// next header (never placed) may come in the same system
+		// call, into the receive buffer.
+		tail = min(e.t.trailer(), len(b.buf)-b.used)
+	default:
+		want = min(want, maxRead)
+	}
+	lost, n := e.packets(want + tail)
+	var got int
+	if pe != nil && !lost {
+		tail = max(n-want, 0) // less if a lost packet comes first
+		n -= tail
+		bufs, ok := s.pieces(pe, gen, moff, n, e.iov[:0])
+		if !ok {
+			e.t.dropPlace() // torn down: the rest goes unplaced
+			return false, nil
+		}
+		var tb []byte
+		if tail > 0 && iovLen(bufs) < n {
+			tail = 0 // more pieces than a read takes: the payload goes on
+		}
+		if tail > 0 {
+			tb = b.buf[b.used : b.used+tail]
+			bufs = append(bufs, tb)
+		}
+		got, err = e.read(bufs, block, pe, gen)
+		if err == errStale {
+			e.t.dropPlace()
+			return false, nil
+		}
+		for _, p := range bufs[:len(bufs)-min(tail, 1)] {
+			if got == 0 {
+				break
+			}
+			k := min(got, len(p))
+			e.consume(b, p[:k], true, false)
+			got -= k
+		}
+		if got > 0 {
+			b.used += got
+			e.consume(b, tb[:got], false, false)
+		}
+	} else {
+		room := len(b.buf) - b.used
+		if room < min(n, minBounce) {
+			return true, nil
+		}
+		dst := b.buf[b.used : b.used+min(n, room)]
+		e.one[0] = dst
+		got, err = e.read(e.one[:], block, nil, 0)
+		if got > 0 {
+			b.used += got
+			e.consume(b, dst[:got], false, lost)
+		}
+	}
+	switch {
+	case err == errWouldBlock:
+		return true, nil
+	case err != nil:
+		return false, err
+	}
+	// Without a non-blocking read, hand off after each read: the next one
+	// may wait for bytes that never come.
+	return e.raw == nil || len(b.segs) >= maxBatchSeg, nil
 }
 
 // packets decides packet loss up to limit bytes ahead: whether the packet
@@ -246,7 +298,38 @@ func (e *engine) decide(p uint64) {
 // at each attempt, and is marked as being written only during the read
 // system call itself: a Teardown never waits for the peer to send. If m
 // was torn down, read returns errStale.
+//
+// Inline (Config.Inline), a read deadline in the past is an Interrupt or a
+// stop: a read that would wait returns errInterrupted for the first, the
+// stream's end for the second; one that would not goes on.
 func (e *engine) read(bufs [][]byte, block bool, m *entry, gen uint32) (int, error) {
+	s := e.s
+	for {
+		if s.inline && block && s.intrPending.Swap(false) {
+			return 0, errInterrupted
+		}
+		n, err := e.read1(bufs, block, m, gen)
+		if !s.inline || !errors.Is(err, os.ErrDeadlineExceeded) {
+			return n, err
+		}
+		s.conn.SetReadDeadline(time.Time{})
+		// stop closes quit before it sets the deadline: looked at
+		// after the deadline is cleared, it cannot be missed.
+		select {
+		case <-s.quit:
+			return n, s.stopErr
+		default:
+		}
+		if n > 0 {
+			return n, nil
+		}
+	}
+}
+
+// errInterrupted: Interrupt woke an inline engine's wait for the socket.
+var errInterrupted = errors.New("mlx5sim: interrupted")
+
+func (e *engine) read1(bufs [][]byte, block bool, m *entry, gen uint32) (int, error) {
 	s := e.s
 	if e.raw == nil {
 		// No file descriptor: a blocking read, during which a Teardown
@@ -278,6 +361,9 @@ func (e *engine) read(bufs [][]byte, block bool, m *entry, gen uint32) (int, err
 // it is readable and try again.
 func (e *engine) readFD(fd uintptr) bool {
 	s := e.s
+	if s.d.cfg.AccountCPU && s.inline {
+		e.cpuMark = threadCPU() // where the work resumes after a wait
+	}
 	if m := e.rdMap; m != nil {
 		if !s.beginWrite(m, e.rdGen) {
 			e.rdN, e.rdErr = 0, errStale
@@ -381,7 +467,7 @@ func (e *engine) flush(final bool) {
 	st.add(statOffloadPackets, e.offPackets)
 	st.add(statOffloadBytes, e.offBytes)
 	e.npkts, e.bytes, e.offPackets, e.offBytes = 0, 0, 0, 0
-	if e.s.d.cfg.AccountCPU && (e.handoffs%cpuSampleEvery == 0 || final) {
+	if e.s.d.cfg.AccountCPU && !e.s.inline && (e.handoffs%cpuSampleEvery == 0 || final) {
 		now := threadCPU()
 		st.add(statEngineCPU, uint64(max(now-e.cpuStart, 0)))
 		e.cpuStart = now

@@ -58,7 +58,7 @@ func FuzzEngine(f *testing.F) {
 	// The seeds are in testdata/fuzz/FuzzEngine (see TestFuzzCorpus).
 	f.Fuzz(func(t *testing.T, mode uint8, stream []byte) {
 		cfg, oc := fuzzMode(mode)
-		dev, err := New(cfg)
+		dev, err := newDev(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

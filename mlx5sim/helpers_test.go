@@ -1,9 +1,11 @@
 package mlx5sim
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -496,4 +498,34 @@ func writeChunks(c net.Conn, stream []byte, chunk func() int) error {
 		stream = stream[n:]
 	}
 	return nil
+}
+
+// inlineEngines: the tests run with Config.Inline (receive engines run by
+// Recv); TestInlineEngines runs the package's tests again so.
+var inlineEngines = os.Getenv("MLX5SIM_INLINE") == "1"
+
+// newDev is New with the engine mode of this run.
+func newDev(cfg Config) (*Device, error) {
+	cfg.Inline = cfg.Inline || inlineEngines
+	return New(cfg)
+}
+
+// TestInlineEngines runs every test of the package again with inline
+// receive engines (a child test process with MLX5SIM_INLINE=1): the same
+// contract, whichever goroutine runs the engine.
+func TestInlineEngines(t *testing.T) {
+	if inlineEngines {
+		t.Skip("this is the inline run")
+	}
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.count=1", "-test.run=^Test", "-test.timeout=4m")
+	cmd.Env = append(os.Environ(), "MLX5SIM_INLINE=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the tests with inline engines: %v\n%s", err, out)
+	}
 }

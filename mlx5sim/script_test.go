@@ -37,7 +37,7 @@ func newScript(t *testing.T, cfg Config, oc wire.OffloadConfig) *script {
 	if oc.QueueSize == 0 {
 		oc.QueueSize = 16
 	}
-	dev, err := New(cfg)
+	dev, err := newDev(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,7 +333,7 @@ func teardownMidPayload(t *testing.T, delay time.Duration) {
 // TestScriptRxCRCOff: with rx-crc off nothing is CRCOK (the host fails on
 // any), and placement goes on.
 func TestScriptRxCRCOff(t *testing.T) {
-	dev, err := New(Config{})
+	dev, err := newDev(Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,7 +353,7 @@ func TestScriptRxCRCOff(t *testing.T) {
 // TestScriptPlacementOff: with placement off Setup fails (the I/O goes the
 // software way) and digests are still verified.
 func TestScriptPlacementOff(t *testing.T) {
-	dev, err := New(Config{})
+	dev, err := newDev(Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

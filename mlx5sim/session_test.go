@@ -78,7 +78,7 @@ func runSession(t *testing.T, o sessionOpts) *session {
 	if o.timeout == 0 {
 		o.timeout = 60 * time.Second
 	}
-	dev, err := New(o.dev)
+	dev, err := newDev(o.dev)
 	if err != nil {
 		t.Fatal(err)
 	}

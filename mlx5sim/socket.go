@@ -72,6 +72,12 @@ type socket struct {
 	full chan *batch
 	free chan *batch
 	intr chan struct{} // Interrupt's token, taken by the Recv that waits
+
+	// inline: the engine runs in Recv (Config.Inline), under recvMu,
+	// filling cur; an Interrupt sets intrPending and a past read deadline.
+	inline      bool
+	recvMu      sync.Mutex
+	intrPending atomic.Bool
 	// Recv's own state (one caller at a time).
 	cur    *batch
 	curIdx int
@@ -110,15 +116,28 @@ func newSocket(d *Device, conn net.Conn, cfg wire.OffloadConfig, ulp ddp.ULP, ta
 	for i := range s.table {
 		s.table[i] = entry{s: s, tag: uint16(i)}
 	}
-	for range numBatches {
-		s.free <- &batch{buf: make([]byte, bounceSize), segs: make([]ddp.Segment, 0, 64)}
+	s.inline = d.cfg.Inline
+	if s.inline {
+		s.cur = newBatch()
+	} else {
+		for range numBatches {
+			s.free <- newBatch()
+		}
 	}
 	s.eng = newEngine(s, d.rng(n, 2))
 	return s
 }
 
+func newBatch() *batch {
+	return &batch{buf: make([]byte, bounceSize), segs: make([]ddp.Segment, 0, 64)}
+}
+
 func (s *socket) start() {
-	go s.eng.run()
+	if s.inline {
+		close(s.engineDone) // no goroutine: Recv runs the engine
+	} else {
+		go s.eng.run()
+	}
 	go s.complete()
 }
 
@@ -308,6 +327,9 @@ func (s *socket) Resync(seq ddp.Seq, ok bool) {
 // Recv returns the next segment: to one caller at a time. A batch at hand
 // is returned before an Interrupt is looked at.
 func (s *socket) Recv() (ddp.Segment, error) {
+	if s.inline {
+		return s.recvInline()
+	}
 	for {
 		if s.down.Load() {
 			return ddp.Segment{}, ddp.ErrDeviceDown
@@ -347,9 +369,45 @@ func (s *socket) Recv() (ddp.Segment, error) {
 	}
 }
 
+// recvInline is Recv running the engine itself (Config.Inline): when the
+// segments at hand are used up, it reads what the socket has into the one
+// batch, waiting for the socket only when nothing at all is there.
+func (s *socket) recvInline() (ddp.Segment, error) {
+	s.recvMu.Lock()
+	defer s.recvMu.Unlock()
+	for {
+		if s.down.Load() {
+			return ddp.Segment{}, ddp.ErrDeviceDown
+		}
+		if s.isClosed.Load() {
+			return ddp.Segment{}, net.ErrClosed
+		}
+		if b := s.cur; s.curIdx < len(b.segs) {
+			seg := b.segs[s.curIdx]
+			s.curIdx++
+			return seg, nil
+		}
+		if s.err != nil {
+			return ddp.Segment{}, s.err // after the last segments before it
+		}
+		s.curIdx = 0
+		switch err := s.eng.next(s.cur); {
+		case err == errInterrupted:
+			return ddp.Segment{}, ddp.ErrInterrupted
+		case err != nil:
+			s.err = err
+		}
+	}
+}
+
 // Interrupt makes the Recv that waits, now or next, return
 // ddp.ErrInterrupted.
 func (s *socket) Interrupt() {
+	if s.inline {
+		s.intrPending.Store(true)
+		s.conn.SetReadDeadline(time.Unix(1, 0)) // the device owns read deadlines
+		return
+	}
 	select {
 	case s.intr <- struct{}{}:
 	default:
@@ -375,8 +433,16 @@ func (s *socket) Close() error {
 	s.closeOnce.Do(func() {
 		s.isClosed.Store(true)
 		s.stop(net.ErrClosed)
-		<-s.engineDone
-		s.d.stats.add(statDrop, s.eng.undelivered())
+		if s.inline {
+			// A Recv in progress returns (stop woke it); nothing was
+			// read ahead of the ULP.
+			s.recvMu.Lock()
+			s.eng.flush(true)
+			s.recvMu.Unlock()
+		} else {
+			<-s.engineDone
+			s.d.stats.add(statDrop, s.eng.undelivered())
+		}
 		s.mu.Lock()
 		s.closed = true
 		for i := range s.table {

@@ -279,11 +279,13 @@ func TestOffloadHostReads(t *testing.T) {
 		for _, dv := range []struct {
 			name      string
 			hdr, data bool
-		}{{"plain", false, false}, {"ddgst", false, true}, {"hdgst-ddgst", true, true}} {
+			inline    bool // the NIC's engines run in the host's receiver
+		}{{"plain", false, false, false}, {"ddgst", false, true, false}, {"hdgst-ddgst", true, true, false},
+			{"plain-inline", false, false, true}, {"hdgst-ddgst-inline", true, true, true}} {
 			t.Run(tv.name+"/"+dv.name, func(t *testing.T) {
 				rig := startOffloadRig(t, rigConfig{
 					target: tv.cfg,
-					nic:    &mlx5sim.Config{Seed: 1},
+					nic:    &mlx5sim.Config{Seed: 1, Inline: dv.inline},
 					host:   func(o *host.Options) { o.HeaderDigest, o.DataDigest = dv.hdr, dv.data },
 				})
 				info := rig.c.Info()
@@ -323,11 +325,15 @@ func TestOffloadHostReads(t *testing.T) {
 }
 
 func TestOffloadHostTrackerLoss(t *testing.T) {
-	for _, loss := range []float64{0.01, 0.2} {
-		t.Run(fmt.Sprint(loss), func(t *testing.T) {
+	for _, tc := range []struct {
+		loss   float64
+		inline bool
+	}{{0.01, false}, {0.2, false}, {0.2, true}} {
+		loss := tc.loss
+		t.Run(fmt.Sprintf("%v-inline=%v", loss, tc.inline), func(t *testing.T) {
 			rig := startOffloadRig(t, rigConfig{
 				target: target.Config{MaxC2HData: 16 << 10},
-				nic:    &mlx5sim.Config{Seed: 3, LossRate: loss},
+				nic:    &mlx5sim.Config{Seed: 3, LossRate: loss, Inline: tc.inline},
 				host:   func(o *host.Options) { o.HeaderDigest, o.DataDigest = true, true },
 			})
 			rig.mustRead(4, 120, []int{4096, 32 << 10, 128 << 10, 512 << 10})

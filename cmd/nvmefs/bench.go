@@ -269,7 +269,7 @@ func benchMountChild(e *env, args []string) error {
 	s := &session{e: e, log: logger, mountpoint: mp, addr: o.addr}
 	defer s.stop()
 	if o.offload {
-		s.nic, err = mlx5sim.New(mlx5sim.Config{Name: "mlx5sim0", MTU: o.nicMTU, Seed: o.nicSeed, AccountCPU: mc.AccountNIC})
+		s.nic, err = mlx5sim.New(mlx5sim.Config{Name: "mlx5sim0", Inline: true, MTU: o.nicMTU, Seed: o.nicSeed, AccountCPU: mc.AccountNIC})
 		if err != nil {
 			return err
 		}
