@@ -148,11 +148,12 @@ type queue struct {
 	tx     txBatch
 
 	// The receive role (see receive): rxMu is held by whoever parses,
-	// rxHdr is its header buffer; rxWake wakes the receive goroutine;
+	// rxHdr and rxDigest are its buffers; rxWake wakes the receive goroutine;
 	// leader is the request whose waiter receives, leaderDone its
 	// context's Done channel (noDone when none).
 	rxMu       sync.Mutex
 	rxHdr      [wire.MaxHeaderBuf]byte
+	rxDigest   [wire.DigestLen]byte
 	rxWake     chan struct{}
 	leader     atomic.Pointer[request]
 	leaderDone atomic.Value
@@ -991,8 +992,8 @@ func (q *queue) placeData(r *request, dst []byte, digest bool) error {
 	if !digest {
 		return nil
 	}
-	var dg [wire.DigestLen]byte
-	if err := q.rx.readFull(dg[:]); err != nil {
+	dg := q.rxDigest[:] // the receiver's: a local would escape through the interface
+	if err := q.rx.readFull(dg); err != nil {
 		return unexpectedEOF(err)
 	}
 	if q.discard {
@@ -1003,7 +1004,7 @@ func (q *queue) placeData(r *request, dst []byte, digest bool) error {
 		return nil
 	}
 	q.stats.crcSoftware.Add(1)
-	if got, want := wire.DataDigest(dst), wire.GetDigest(dg[:]); got != want {
+	if got, want := wire.DataDigest(dst), wire.GetDigest(dg); got != want {
 		q.stats.digestErrors.Add(1)
 		q.log.Warn("nvme host: data digest error", "qid", q.qid, "cid", r.cid, "want", want, "got", got)
 		r.digestErr = true
