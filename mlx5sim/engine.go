@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/nvmefs/nvmefs/ddp"
 	"golang.org/x/sys/unix"
@@ -16,8 +17,9 @@ import (
 const (
 	// maxRead bounds one read: a page read maps at most maxIOV pieces.
 	maxRead = maxIOV * ddp.PageSize
-	// maxIOV: unix.Readv allocates above 8 pieces.
-	maxIOV = 8
+	// maxIOV: pieces of one readv (the engine's own iovec array): a 128
+	// KiB payload that is all there takes one system call.
+	maxIOV = 64
 	// minBounce: with less room left in a batch's buffer, hand it off
 	// rather than read a sliver.
 	minBounce = 2048
@@ -52,8 +54,9 @@ type engine struct {
 	lostAhead bool
 	seenLost  uint64 // lostPkt+1 of the last lost packet the tracker was told of
 
-	iov [][]byte
-	one [1][]byte
+	iov    [][]byte
+	iovecs []unix.Iovec // readv's argument, maxIOV+1 (the tail) long
+	one    [1][]byte
 	// The raw read's arguments and results: rawRead is bound once, so
 	// that a read allocates nothing.
 	rdBufs  [][]byte
@@ -73,11 +76,12 @@ type engine struct {
 
 func newEngine(s *socket, rng *rand.Rand) *engine {
 	e := &engine{
-		s:   s,
-		rng: rng,
-		isn: s.d.cfg.InitialSeq,
-		mtu: uint64(s.d.cfg.MTU),
-		iov: make([][]byte, 0, maxIOV),
+		s:      s,
+		rng:    rng,
+		isn:    s.d.cfg.InitialSeq,
+		mtu:    uint64(s.d.cfg.MTU),
+		iov:    make([][]byte, 0, maxIOV+1),
+		iovecs: make([]unix.Iovec, 0, maxIOV+1),
 	}
 	if sc, ok := s.conn.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
@@ -377,7 +381,7 @@ func (e *engine) readFD(fd uintptr) bool {
 		if len(e.rdBufs) == 1 {
 			n, err = unix.Read(int(fd), e.rdBufs[0])
 		} else {
-			n, err = unix.Readv(int(fd), e.rdBufs)
+			n, err = e.readv(fd, e.rdBufs)
 		}
 		if err != unix.EINTR {
 			break
@@ -392,6 +396,29 @@ func (e *engine) readFD(fd uintptr) bool {
 	}
 	e.rdN, e.rdErr = n, err
 	return true
+}
+
+// readv is readv(2) on the engine's own iovec array (x/sys's Readv
+// allocates one above 8 pieces).
+func (e *engine) readv(fd uintptr, bufs [][]byte) (int, error) {
+	iov := e.iovecs[:0]
+	for _, b := range bufs {
+		if len(b) == 0 {
+			continue
+		}
+		v := unix.Iovec{Base: &b[0]}
+		v.SetLen(len(b))
+		iov = append(iov, v)
+	}
+	if len(iov) == 0 {
+		return 0, nil
+	}
+	n, _, errno := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+	clear(iov) // no reference into a mapping once the call is over
+	if errno != 0 {
+		return -1, errno
+	}
+	return int(n), nil
 }
 
 // consume feeds fresh bytes (unless the tracker lost their packet) and
