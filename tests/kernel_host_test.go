@@ -1,12 +1,17 @@
 package tests
 
 import (
+	"context"
+	"crypto/sha256"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nvmefs/nvmefs/nvmetcp/host"
 )
 
 // Namespaces of TestKernelHost: small, because the kernel runs under TCG
@@ -39,19 +44,31 @@ func TestKernelHost(t *testing.T) {
 		host   []string // more host.sh settings
 		queues int      // I/O queues the kernel is expected to set up
 		lba    int      // the block size the kernel is expected to see
+		// mem: memory namespaces (commands run on the connection's
+		// reader), filled with the pattern through our host first.
+		mem bool
 	}{
 		{"digests", []string{"--allow-host", knvmeHostNQN},
-			[]string{"HDGST=1", "DDGST=1", "NR_IO_QUEUES=2"}, 2, 512},
+			[]string{"HDGST=1", "DDGST=1", "NR_IO_QUEUES=2"}, 2, 512, false},
 		{"no-digests-c2h-success", []string{"--c2h-success"},
-			[]string{"HDGST=0", "DDGST=0", "NR_IO_QUEUES=2"}, 2, 512},
+			[]string{"HDGST=0", "DDGST=0", "NR_IO_QUEUES=2"}, 2, 512, false},
 		{"header-digest-one-queue-4k", []string{"--block-size", "4096"},
-			[]string{"HDGST=1", "DDGST=0", "NR_IO_QUEUES=1", "QUEUE_SIZE=32"}, 1, 4096},
+			[]string{"HDGST=1", "DDGST=0", "NR_IO_QUEUES=1", "QUEUE_SIZE=32"}, 1, 4096, false},
 		{"multi-pdu-reads", []string{"--max-c2h-data", "8192", "--c2h-success"},
-			[]string{"HDGST=1", "DDGST=1", "NR_IO_QUEUES=2"}, 2, 512},
+			[]string{"HDGST=1", "DDGST=1", "NR_IO_QUEUES=2"}, 2, 512, false},
+		{"memory-namespaces", []string{"--max-c2h-data", "16384"},
+			[]string{"HDGST=1", "DDGST=1", "NR_IO_QUEUES=2"}, 2, 512, true},
 	} {
 		t.Run(v.name, func(t *testing.T) {
-			args := append([]string{"--nqn", khNQN, "--ns", ns1, "--ns", ns2}, v.serve...)
+			nss := []string{ns1, ns2}
+			if v.mem {
+				nss = []string{"mem:" + strconv.Itoa(khNS1Size), "mem:" + strconv.Itoa(khNS2Size)}
+			}
+			args := append([]string{"--nqn", khNQN, "--ns", nss[0], "--ns", nss[1]}, v.serve...)
 			srv := startServe(t, args...)
+			if v.mem {
+				copyNamespaces(t, srv.Addr, khNQN, ns1, ns2)
+			}
 			res := peer.RunHost(t, hostRun{
 				Port:    srv.Port,
 				NQN:     khNQN,
@@ -60,6 +77,10 @@ func TestKernelHost(t *testing.T) {
 					"EXPECT_SHA256_NS1=" + sha1, "EXPECT_SHA256_NS2=" + sha2}, v.host...),
 			})
 			t.Logf("host.sh took %v: %s", res.Duration.Round(100*time.Millisecond), res.Result)
+			if v.mem {
+				// The write test restored what it wrote.
+				checkNamespaces(t, srv.Addr, khNQN, sha1, sha2)
+			}
 			srv.Stop(t)
 			ok := checkKernelHostRun(t, res, v.queues, v.lba, sha1, sha2)
 			if !ok || t.Failed() {
@@ -178,5 +199,53 @@ func TestKernelHostRefused(t *testing.T) {
 	if t.Failed() {
 		t.Logf("guest console (nvme lines):\n%s", res.nvmeExcerpt())
 		t.Logf("nvmefs serve log:\n%s", tail(srv.Log(), 60))
+	}
+}
+
+// copyNamespaces writes the files' bytes into namespaces 1 and 2 of the
+// subsystem at addr, through our host.
+func copyNamespaces(t *testing.T, addr, nqn string, files ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := host.Connect(ctx, addr, nqn, goodHostOptions(goodHostNQN, goodHostID))
+	if err != nil {
+		t.Fatalf("filling the memory namespaces: %v", err)
+	}
+	defer c.Close()
+	for i, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Write(ctx, uint32(i+1), 0, b); err != nil {
+			t.Fatalf("filling namespace %d: %v", i+1, err)
+		}
+	}
+}
+
+// checkNamespaces reads namespaces 1 and 2 whole through our host and
+// compares their SHA-256 with shas.
+func checkNamespaces(t *testing.T, addr, nqn string, shas ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := host.Connect(ctx, addr, nqn, goodHostOptions(goodHostNQN, goodHostID))
+	if err != nil {
+		t.Fatalf("reading the memory namespaces back: %v", err)
+	}
+	defer c.Close()
+	for i, want := range shas {
+		ns, ok := c.Namespace(uint32(i + 1))
+		if !ok {
+			t.Fatalf("namespace %d not there", i+1)
+		}
+		b := make([]byte, ns.Blocks*uint64(ns.BlockSize))
+		if err := c.Read(ctx, uint32(i+1), 0, b); err != nil {
+			t.Fatalf("reading namespace %d: %v", i+1, err)
+		}
+		if got := fmt.Sprintf("%x", sha256.Sum256(b)); got != want {
+			t.Errorf("memory namespace %d after the run: sha256 %s, want %s", i+1, got, want)
+		}
 	}
 }
