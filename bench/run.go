@@ -528,6 +528,8 @@ var recordedCounters = []string{
 	"rx_nvmeotcp_offload_bytes",
 	"sim_crc_ok",
 	nicCPUCounter,
+	"sim_engine_cpu_steps",
+	"sim_engine_cpu_steps_lost",
 }
 
 // readStats reads a mount's stats file ("name: value" lines).

@@ -172,13 +172,8 @@ func TestSkAddErrors(t *testing.T) {
 // lists; the full tag range when the device has it.
 func TestSetupErrors(t *testing.T) {
 	d, _ := newDev(Config{MaxSGL: 4})
-	hc, _ := tcpPair(t)
 	ulp := newDoneRecorder()
-	s, err := d.SkAdd(hc, wire.OffloadConfig{QueueSize: 4}, ulp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := skAdd4(t, d, ulp)
 	if err := s.Setup(newIO(4, 4096)); !errors.Is(err, ddp.ErrNoResources) {
 		t.Errorf("tag 4 of a 4-deep queue: %v", err)
 	}
@@ -400,13 +395,8 @@ func TestDownUp(t *testing.T) {
 // from the completion goroutine, never before the delay.
 func TestTeardownDoneTiming(t *testing.T) {
 	d, _ := newDev(Config{})
-	hc, _ := tcpPair(t)
 	ulp := newDoneRecorder()
-	s, err := d.SkAdd(hc, wire.OffloadConfig{QueueSize: 4}, ulp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := skAdd4(t, d, ulp)
 	io0 := newIO(0, 8192)
 	if err := s.Setup(io0); err != nil {
 		t.Fatal(err)
@@ -483,4 +473,17 @@ func TestInterrupt(t *testing.T) {
 	if !bytes.Equal(stream, want) {
 		t.Errorf("stream after interrupts: %x, want %x", stream, want)
 	}
+}
+
+// skAdd4 offloads one end of a new loopback connection, queue size 4; the
+// socket is closed when the test ends.
+func skAdd4(t *testing.T, d *Device, ulp ddp.ULP) ddp.Socket {
+	t.Helper()
+	hc, _ := tcpPair(t)
+	s, err := d.SkAdd(hc, wire.OffloadConfig{QueueSize: 4}, ulp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
 }

@@ -92,7 +92,9 @@
 // received on offloaded sockets), then the model's own: sim_lost_track,
 // sim_loss_injected, sim_resync_ok, sim_resync_fail, sim_crc_ok,
 // sim_crc_bad and sim_engine_cpu_ns (with Config.AccountCPU: the engines'
-// thread CPU time, the NIC's work apart from the host's).
+// thread CPU time, the NIC's work apart from the host's; inline, the steps
+// read, sim_engine_cpu_steps, and those that could not be because the
+// goroutine changed threads meanwhile, sim_engine_cpu_steps_lost).
 //
 // # Simulated versus real hardware
 //

@@ -71,7 +71,8 @@ type engine struct {
 	lastOffPkt                         uint64 // packet index + 1 of the last packet with placed bytes
 	handoffs                           uint64
 	cpuStart                           int64
-	cpuMark                            int64 // inline: thread CPU time at the read's last attempt
+	cpuMark                            int64 // inline: thread CPU time at the last mark
+	cpuTid                             int   // and the thread it was read on
 }
 
 func newEngine(s *socket, rng *rand.Rand) *engine {
@@ -160,19 +161,20 @@ func (e *engine) next(b *batch) error {
 			return s.stopErr
 		default:
 		}
-		var t0 int64
 		if s.d.cfg.AccountCPU {
-			t0 = threadCPU()
-			e.cpuMark = 0
+			e.markCPU()
 		}
 		full, err := e.step(b)
 		if s.d.cfg.AccountCPU {
-			// Only the work: if the read waited, the goroutine may have
-			// gone on on another thread, so count from its last attempt.
-			if e.cpuMark != 0 {
-				t0 = e.cpuMark
+			// The work since the last mark (the read's last attempt, if
+			// it waited), if the goroutine is still on the thread it was
+			// on then: a thread's CPU clock says nothing of another's.
+			if tid, now := unix.Gettid(), threadCPU(); tid == e.cpuTid {
+				s.d.stats.add(statEngineCPU, uint64(max(now-e.cpuMark, 0)))
+				s.d.stats.add(statEngineSteps, 1)
+			} else {
+				s.d.stats.add(statEngineStepsLost, 1)
 			}
-			s.d.stats.add(statEngineCPU, uint64(max(threadCPU()-t0, 0)))
 		}
 		if err != nil {
 			e.flush(false)
@@ -366,7 +368,7 @@ func (e *engine) read1(bufs [][]byte, block bool, m *entry, gen uint32) (int, er
 func (e *engine) readFD(fd uintptr) bool {
 	s := e.s
 	if s.d.cfg.AccountCPU && s.inline {
-		e.cpuMark = threadCPU() // where the work resumes after a wait
+		e.markCPU() // where the work resumes after a wait
 	}
 	if m := e.rdMap; m != nil {
 		if !s.beginWrite(m, e.rdGen) {
@@ -517,6 +519,9 @@ func (e *engine) undelivered() uint64 {
 	}
 	return n
 }
+
+// markCPU records the calling thread and its CPU time (inline engines).
+func (e *engine) markCPU() { e.cpuTid, e.cpuMark = unix.Gettid(), threadCPU() }
 
 // threadCPU is the calling thread's CPU time in nanoseconds.
 func threadCPU() int64 {

@@ -2,11 +2,13 @@ package mlx5sim
 
 import (
 	"fmt"
-	"github.com/nvmefs/nvmefs/ddp"
 	"runtime"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nvmefs/nvmefs/ddp"
 	"github.com/nvmefs/nvmefs/nvmetcp/wire"
 )
 
@@ -333,4 +335,56 @@ func TestSessionAllFaults(t *testing.T) {
 		t.Error("a fault or the offload itself did not happen")
 	}
 	waitGoroutines(t, base)
+}
+
+// TestSessionAccountCPU: the engines' CPU time (AccountCPU), whichever
+// goroutine runs them, is some of the process's and not more than all of it.
+func TestSessionAccountCPU(t *testing.T) {
+	for _, inline := range []bool{false, true} {
+		t.Run(fmt.Sprintf("inline=%v", inline), func(t *testing.T) {
+			// Goroutines in blocking system calls keep more threads
+			// about, so that the engine's goroutine moves between them
+			// (a thread's CPU clock says nothing of another's).
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			for range 4 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						tv := syscall.Timeval{Usec: 50}
+						syscall.Select(0, nil, nil, nil, &tv)
+					}
+				}()
+			}
+			var before, after syscall.Rusage
+			syscall.Getrusage(syscall.RUSAGE_SELF, &before)
+			s := runSession(t, sessionOpts{
+				dev:       Config{AccountCPU: true, Inline: inline},
+				oc:        wire.OffloadConfig{DataDigest: true},
+				commands:  300,
+				qd:        8,
+				minSize:   4096,
+				maxSize:   256 << 10,
+				threshold: 32 << 10,
+				seed:      2,
+			})
+			syscall.Getrusage(syscall.RUSAGE_SELF, &after)
+			close(stop)
+			wg.Wait()
+			if t.Failed() {
+				return
+			}
+			process := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
+			engine := time.Duration(stat(s.dev, "sim_engine_cpu_ns"))
+			if engine <= 0 || engine > process {
+				t.Errorf("engines' CPU %v, the process's %v: want some of it", engine, process)
+			}
+		})
+	}
 }

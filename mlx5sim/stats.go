@@ -9,25 +9,27 @@ import (
 // Counters, in the order Stats reports them. The first twelve are named
 // after the mlx5 driver's; the sim_ ones are the model's own.
 const (
-	statSkAdd          = iota // rx_nvmeotcp_sk_add: offloaded sockets added
-	statSkAddFail             // rx_nvmeotcp_sk_add_fail: SkAdd failures
-	statSkDel                 // rx_nvmeotcp_sk_del: sockets closed
-	statSetup                 // rx_nvmeotcp_ddp_setup: buffers mapped
-	statSetupFail             // rx_nvmeotcp_ddp_setup_fail: Setups refused
-	statTeardown              // rx_nvmeotcp_ddp_teardown: TeardownDone calls
-	statDrop                  // rx_nvmeotcp_drop: packets received, never delivered (device down or socket closed)
-	statResync                // rx_nvmeotcp_resync: resync requests
-	statOffloadPackets        // rx_nvmeotcp_offload_packets: packets with placed bytes
-	statOffloadBytes          // rx_nvmeotcp_offload_bytes: bytes placed
-	statPackets               // rx_nvmeotcp_packets: packets received on offloaded sockets
-	statBytes                 // rx_nvmeotcp_bytes: bytes received on offloaded sockets
-	statLostTrack             // sim_lost_track: times the tracker lost the PDU boundaries
-	statLossInjected          // sim_loss_injected: packets the tracker was made to lose
-	statResyncOK              // sim_resync_ok: requests the ULP confirmed (tracking resumes)
-	statResyncFail            // sim_resync_fail: candidates refuted by the ULP or by the stream
-	statCRCOK                 // sim_crc_ok: data digests the device verified as good
-	statCRCBad                // sim_crc_bad: data digests the device found wrong
-	statEngineCPU             // sim_engine_cpu_ns: receive engines' thread CPU time (Config.AccountCPU)
+	statSkAdd           = iota // rx_nvmeotcp_sk_add: offloaded sockets added
+	statSkAddFail              // rx_nvmeotcp_sk_add_fail: SkAdd failures
+	statSkDel                  // rx_nvmeotcp_sk_del: sockets closed
+	statSetup                  // rx_nvmeotcp_ddp_setup: buffers mapped
+	statSetupFail              // rx_nvmeotcp_ddp_setup_fail: Setups refused
+	statTeardown               // rx_nvmeotcp_ddp_teardown: TeardownDone calls
+	statDrop                   // rx_nvmeotcp_drop: packets received, never delivered (device down or socket closed)
+	statResync                 // rx_nvmeotcp_resync: resync requests
+	statOffloadPackets         // rx_nvmeotcp_offload_packets: packets with placed bytes
+	statOffloadBytes           // rx_nvmeotcp_offload_bytes: bytes placed
+	statPackets                // rx_nvmeotcp_packets: packets received on offloaded sockets
+	statBytes                  // rx_nvmeotcp_bytes: bytes received on offloaded sockets
+	statLostTrack              // sim_lost_track: times the tracker lost the PDU boundaries
+	statLossInjected           // sim_loss_injected: packets the tracker was made to lose
+	statResyncOK               // sim_resync_ok: requests the ULP confirmed (tracking resumes)
+	statResyncFail             // sim_resync_fail: candidates refuted by the ULP or by the stream
+	statCRCOK                  // sim_crc_ok: data digests the device verified as good
+	statCRCBad                 // sim_crc_bad: data digests the device found wrong
+	statEngineCPU              // sim_engine_cpu_ns: receive engines' thread CPU time (Config.AccountCPU)
+	statEngineSteps            // sim_engine_cpu_steps: inline engine steps whose CPU time was read
+	statEngineStepsLost        // sim_engine_cpu_steps_lost: inline engine steps not read (the goroutine changed threads)
 	numStats
 )
 
@@ -51,6 +53,8 @@ var statNames = [numStats]string{
 	"sim_crc_ok",
 	"sim_crc_bad",
 	"sim_engine_cpu_ns",
+	"sim_engine_cpu_steps",
+	"sim_engine_cpu_steps_lost",
 }
 
 type counters struct {

@@ -206,13 +206,8 @@ func TestKernelHostRefused(t *testing.T) {
 // subsystem at addr, through our host.
 func copyNamespaces(t *testing.T, addr, nqn string, files ...string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	c, err := host.Connect(ctx, addr, nqn, goodHostOptions(goodHostNQN, goodHostID))
-	if err != nil {
-		t.Fatalf("filling the memory namespaces: %v", err)
-	}
-	defer c.Close()
+	ctx, c, done := connectGood(t, addr, nqn)
+	defer done()
 	for i, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
@@ -228,13 +223,8 @@ func copyNamespaces(t *testing.T, addr, nqn string, files ...string) {
 // compares their SHA-256 with shas.
 func checkNamespaces(t *testing.T, addr, nqn string, shas ...string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	c, err := host.Connect(ctx, addr, nqn, goodHostOptions(goodHostNQN, goodHostID))
-	if err != nil {
-		t.Fatalf("reading the memory namespaces back: %v", err)
-	}
-	defer c.Close()
+	ctx, c, done := connectGood(t, addr, nqn)
+	defer done()
 	for i, want := range shas {
 		ns, ok := c.Namespace(uint32(i + 1))
 		if !ok {
@@ -248,4 +238,17 @@ func checkNamespaces(t *testing.T, addr, nqn string, shas ...string) {
 			t.Errorf("memory namespace %d after the run: sha256 %s, want %s", i+1, got, want)
 		}
 	}
+}
+
+// connectGood connects our host to the subsystem; done closes the
+// controller, ctx bounds what the caller does with it until then.
+func connectGood(t *testing.T, addr, nqn string) (ctx context.Context, c *host.Controller, done func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	c, err := host.Connect(ctx, addr, nqn, goodHostOptions(goodHostNQN, goodHostID))
+	if err != nil {
+		cancel()
+		t.Fatalf("connecting our host to %s: %v", addr, err)
+	}
+	return ctx, c, func() { c.Close(); cancel() }
 }

@@ -115,6 +115,10 @@ func TestBenchEndToEnd(t *testing.T) {
 		if mode.AccountNIC != r.NICAccounted || (r.NICAccounted && r.NICCPUSeconds <= 0) {
 			t.Errorf("%s: NIC accounted %v, %v s", name, r.NICAccounted, r.NICCPUSeconds)
 		}
+		// The NIC's part is part of the mount process's CPU time.
+		if r.NICCPUSeconds > r.MountCPUSeconds*1.02+0.01 {
+			t.Errorf("%s: NIC %.3f s of a mount process that spent %.3f s", name, r.NICCPUSeconds, r.MountCPUSeconds)
+		}
 		placed, crcOff, crcSW := c["nvme0_rx_bytes_placed"], c["nvme0_rx_crc_offloaded"], c["nvme0_rx_crc_software"]
 		discarded, received := c["nvme0_rx_bytes_discarded"], c["nvme0_rx_bytes_copied"]+c["nvme0_rx_bytes_direct"]+c["nvme0_rx_bytes_placed"]
 		switch {
