@@ -354,6 +354,12 @@ func (d *Device) rw(ctx context.Context, write bool, lba uint64, buf []byte) err
 		defer d.tags.release()
 		return d.command(ctx, write, lba, buf)
 	}
+	return d.rwSplit(ctx, write, lba, buf)
+}
+
+// rwSplit is rw of a request above the limits (a function of its own: the
+// variables its goroutines share would make rw allocate on every call).
+func (d *Device) rwSplit(ctx context.Context, write bool, lba uint64, buf []byte) error {
 	d.st.splitRequests.Add(1)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
