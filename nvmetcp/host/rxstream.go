@@ -7,6 +7,7 @@ import (
 	"os"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -58,9 +59,10 @@ type socketStream struct {
 	// atStart: nothing of the current PDU consumed since startPDU.
 	atStart bool
 
-	raw    syscall.RawConn // nil: a connection without a file descriptor
-	peekFn func(fd uintptr) bool
-	peeked bool
+	raw      syscall.RawConn // nil: a connection without a file descriptor
+	peekFn   func(fd uintptr) bool
+	peeked   bool
+	peekByte byte // what a peek reads (and leaves in the socket)
 
 	// Benchmark only (discardPayloads): payload is dropped by the kernel.
 	discard  bool
@@ -101,9 +103,8 @@ func (s *socketStream) ready() bool {
 // peek looks, without waiting or consuming, whether the socket has a byte
 // or its end to read.
 func (s *socketStream) peek(fd uintptr) bool {
-	var b [1]byte
-	n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-	s.peeked = err != unix.EAGAIN || n > 0
+	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&s.peekByte)), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+	s.peeked = errno != unix.EAGAIN || n > 0
 	return true
 }
 

@@ -226,10 +226,9 @@ func (w *writer) run(writeTimeout time.Duration) {
 		}
 		w.sending = true
 		w.mu.Unlock()
+		// drain sends what comes meanwhile, and wakes us for a stop or a
+		// TermReq that came.
 		w.drain()
-		// Look again: a stop, a TermReq or frames may have come while
-		// the batch was written.
-		w.signal()
 	}
 }
 
